@@ -1,0 +1,169 @@
+"""The `mmsent` command line: parses arguments and calls library functions; user errors exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmsent import __version__
+from mmsent.errors import MmsentError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (defaults are used for missing keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--on-error", choices=["fail", "skip"], help="on bad guids: stop and list them, or skip them")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmsent", description="Multimodal (image + text) sentiment classification.")
+    parser.add_argument("--version", action="version", version=f"mmsent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("--data", type=Path, required=True, help="data set folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    _add_config_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="metrics of a run on a labelled guid list, as JSON")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True, help="'guid,tag' file with true tags")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    _add_common(p)
+
+    p = sub.add_parser("run", help="train, evaluate on validation, predict the test list")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _add_config_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("data", help="data set tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="report counts, encodings, duplicates, image sizes and problems")
+    c.add_argument("--data", type=Path, required=True)
+    c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
+
+    sub.add_parser("models", help="list encoders and heads")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from mmsent.config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "on_error", None):
+        overrides.append(f"data.on_error={args.on_error}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmsent.api import train
+    from mmsent.engine.metrics import summary_line
+
+    result = train(args.data, args.out, _config(args), quiet=args.quiet)
+    print(f"validation: {summary_line(result.metrics)}")
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmsent.api import evaluate
+
+    metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mmsent.api import predict
+
+    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
+    print(f"wrote {len(rows)} predictions to {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mmsent.api import run
+
+    t0 = time.perf_counter()
+    summary = run(args.data, args.out, _config(args), quiet=args.quiet)
+    m = summary.metrics
+    print("")
+    print(f"validation (n={m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+    print(f"time: {time.perf_counter() - t0:.1f} s (encoding {m['encode_seconds']:.1f} s, training {m['train_seconds']:.1f} s)")
+    print(f"predictions: {summary.predictions} ({summary.n_predictions} guids)")
+    print(f"run folder: {summary.run_dir} (config.yaml, model.safetensors, metrics.json, history.csv, plots/)")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from mmsent.data.check import check_dataset, format_report
+
+    report = check_dataset(args.data)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(format_report(report))
+    print(f"JSON report: {args.out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mmsent.encoders import list_encoders
+    from mmsent.heads import list_heads
+
+    print("encoders:")
+    for name, desc in list_encoders().items():
+        print(f"  {name:<20} {desc}")
+    print("heads:")
+    for name, desc in list_heads().items():
+        print(f"  {name:<20} {desc}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "run": cmd_run,
+    "data": cmd_data,
+    "models": cmd_models,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; user errors print one clear message and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MmsentError as exc:
+        print(f"mmsent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mmsent: interrupted", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,165 @@
+"""Typed run configuration: validated sections, YAML load/save and `key=value` overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmsent.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    split_seed: int = 42
+    on_error: Literal["fail", "skip"] = "fail"
+    # decompression-bomb guard, checked from the header before any decoding
+    max_image_pixels: int = Field(89_478_485, gt=0)
+
+
+class TextConfig(_Section):
+    """Text cleaning steps, each on or off (see mmsent.data.text)."""
+
+    remove_urls: bool = True
+    remove_mentions: bool = True
+    hashtags_to_words: bool = True
+    lowercase: bool = True
+    fold_whitespace: bool = True
+    emoji: Literal["keep", "token", "name"] = "name"
+    fold_repeats: bool = True
+    remove_stopwords: bool = False
+
+
+class ImageConfig(_Section):
+    """Training-time augmentation; eval preprocessing belongs to the image encoder."""
+
+    crop_scale_min: float = Field(0.7, gt=0.0, le=1.0)
+    hflip: bool = True
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class ModelConfig(_Section):
+    encoders: list[str] = Field(default_factory=lambda: ["minilm", "efficientnet_lite0", "vader"])
+    head: str = "concat"
+    hidden_dim: int = Field(256, gt=0)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    layernorm: bool = False
+    # per-encoder keyword options, e.g. {"bert": {"name_or_path": "/models/bert"}}
+    encoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("encoders")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one encoder is needed")
+        if len(set(value)) != len(value):
+            raise ValueError("an encoder is listed twice")
+        return value
+
+
+class TrainConfig(_Section):
+    mode: Literal["frozen"] = "frozen"
+    epochs: int = Field(60, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    patience: int = Field(10, gt=0)
+    class_weights: Literal["balanced", "none"] = "balanced"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 42
+
+
+class RuntimeConfig(_Section):
+    cache_dir: str | None = None
+    encode_batch_size: int = Field(64, gt=0)
+    num_workers: int = Field(1, ge=0)
+    threads: int | None = Field(None, gt=0)
+
+
+class Config(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def cache_path(self) -> Path:
+        """The feature cache folder: config, then $MMSENT_CACHE, then ~/.cache/mmsent."""
+        if self.runtime.cache_dir:
+            return Path(self.runtime.cache_dir).expanduser()
+        env = os.environ.get("MMSENT_CACHE")
+        return Path(env).expanduser() if env else Path.home() / ".cache" / "mmsent"
+
+
+def _validate(raw: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"invalid config ({source}):"]
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {key}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults), apply `key=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        raw = loaded
+    for item in overrides or []:
+        apply_override(raw, item)
+        source += f" + {item}"
+    return _validate(raw, source)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `section.key=value` in a raw config dict; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, _, text = item.partition("=")
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {item!r} names no key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the full resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")

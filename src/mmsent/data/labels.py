@@ -1,0 +1,76 @@
+"""Reading and writing `guid,tag` label lists; problems are collected, not raised one by one."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmsent import LABELS
+from mmsent.errors import Problem
+
+HEADER = ("guid", "tag")
+NULL_TAG = "null"
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    guid: str
+    tag: str | None  # None for an unlabelled entry (tag "null" or ignored)
+
+
+def read_label_file(path: Path, labelled: bool) -> tuple[list[LabelEntry], list[Problem]]:
+    """Parse a `guid,tag` list; with labelled=False the tags are ignored."""
+    problems: list[Problem] = []
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], [Problem(None, str(path), "label file is missing")]
+    except OSError as exc:
+        return [], [Problem(None, str(path), f"label file cannot be read ({exc.strerror})")]
+    text = raw.decode("utf-8-sig", errors="replace")
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not rows:
+        return [], [Problem(None, str(path), "label file is empty; expected a 'guid,tag' header")]
+    header = tuple(cell.strip().lower() for cell in rows[0])
+    if header != HEADER:
+        found = ",".join(rows[0])
+        return [], [Problem(None, str(path), f"first line must be the header 'guid,tag', found {found!r}")]
+    entries: list[LabelEntry] = []
+    seen: set[str] = set()
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or not row[0].strip():
+            problems.append(Problem(None, f"{path}:{lineno}", f"expected 'guid,tag', found {','.join(row)!r}"))
+            continue
+        guid, tag = row[0].strip(), row[1].strip().lower()
+        if guid in seen:
+            problems.append(Problem(guid, f"{path}:{lineno}", "guid is listed twice"))
+            continue
+        seen.add(guid)
+        if not labelled:
+            entries.append(LabelEntry(guid, None))
+        elif tag in LABELS:
+            entries.append(LabelEntry(guid, tag))
+        else:
+            allowed = ", ".join(LABELS)
+            problems.append(Problem(guid, f"{path}:{lineno}", f"unknown tag {tag!r} (expected one of {allowed})"))
+    return entries, problems
+
+
+def write_label_file(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Write `guid,tag` rows atomically: a temp file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write("guid,tag\n")
+            for guid, tag in rows:
+                handle.write(f"{guid},{tag}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

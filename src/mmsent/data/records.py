@@ -1,0 +1,113 @@
+"""Records of a data set folder: the label lists are the source of truth; problems are collected per guid."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmsent.data.images import ImageReadError, verify_image
+from mmsent.data.labels import LabelEntry, read_label_file
+from mmsent.data.text import decode_text
+from mmsent.errors import DataError, MmsentError, Problem
+
+TRAIN_LIST = "train.txt"
+TEST_LIST = "test_without_label.txt"
+LAYOUT_HINT = (
+    "A data set folder holds data/{guid}.txt and data/{guid}.jpg, train.txt and "
+    "test_without_label.txt ('guid,tag' header; tag is positive/neutral/negative, or null in the test list)."
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One post: its guid, tag (None when unlabelled), decoded text and image path."""
+
+    guid: str
+    tag: str | None
+    text: str
+    image_path: Path
+    text_fallback: bool = False  # the text file needed the GB18030 fallback
+    source_guid: str | None = None  # set on augmented copies (issue: leak guard)
+
+
+@dataclass
+class DataSet:
+    """The labelled and unlabelled records of a data folder, and what was skipped."""
+
+    root: Path
+    train: list[Record]
+    test: list[Record]
+    skipped: list[Problem] = field(default_factory=list)
+
+    def write_skipped(self, path: Path) -> None:
+        rows = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in self.skipped]
+        path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+def require_data_dir(root: Path) -> Path:
+    root = Path(root)
+    if not (root / "data").is_dir():
+        raise MmsentError(f"no data set at {root}: the folder data/ is missing. {LAYOUT_HINT}")
+    return root
+
+
+def load_record(root: Path, entry: LabelEntry, max_pixels: int) -> tuple[Record | None, list[Problem]]:
+    """Read one guid's text and check its image; return the record or the problems found."""
+    problems: list[Problem] = []
+    text_path = root / "data" / f"{entry.guid}.txt"
+    image_path = root / "data" / f"{entry.guid}.jpg"
+    text, fallback = "", False
+    try:
+        text, fallback = decode_text(text_path.read_bytes())
+    except FileNotFoundError:
+        problems.append(Problem(entry.guid, str(text_path), "text file is missing"))
+    except UnicodeDecodeError:
+        problems.append(Problem(entry.guid, str(text_path), "text is neither UTF-8 nor GB18030"))
+    except OSError as exc:
+        problems.append(Problem(entry.guid, str(text_path), f"text file cannot be read ({exc.strerror})"))
+    try:
+        verify_image(image_path, max_pixels)
+    except ImageReadError as exc:
+        problems.append(Problem(entry.guid, str(image_path), str(exc)))
+    if problems:
+        return None, problems
+    return Record(entry.guid, entry.tag, text, image_path, fallback), []
+
+
+def load_records(
+    root: Path, list_file: Path, labelled: bool, max_pixels: int = 89_478_485
+) -> tuple[list[Record], list[Problem]]:
+    """Load every guid of one list file; return the good records and every problem found."""
+    root = require_data_dir(root)
+    entries, problems = read_label_file(Path(list_file), labelled)
+    records: list[Record] = []
+    for entry in entries:
+        record, found = load_record(root, entry, max_pixels)
+        problems += found
+        if record is not None:
+            records.append(record)
+    return records, problems
+
+
+def _fatal(problems: list[Problem]) -> list[Problem]:
+    """Problems that concern a whole list file; skipping guids cannot fix them."""
+    return [p for p in problems if p.guid is None]
+
+
+def load_dataset(root: Path, on_error: str = "fail", max_pixels: int = 89_478_485) -> DataSet:
+    """Load train.txt and test_without_label.txt of a data folder, checking every guid."""
+    root = require_data_dir(Path(root))
+    train, train_problems = load_records(root, root / TRAIN_LIST, labelled=True, max_pixels=max_pixels)
+    test, test_problems = load_records(root, root / TEST_LIST, labelled=False, max_pixels=max_pixels)
+    problems = train_problems + test_problems
+    overlap = {r.guid for r in train} & {r.guid for r in test}
+    for guid in sorted(overlap):
+        problems.append(Problem(guid, str(root / TEST_LIST), f"guid is listed in both {TRAIN_LIST} and {TEST_LIST}"))
+    if _fatal(problems) or (problems and on_error != "skip"):
+        hint = "" if _fatal(problems) else "Fix these files, or pass --on-error skip to leave these guids out."
+        raise DataError(problems, hint)
+    if overlap:
+        # a guid in both lists is a leak either way: drop it from training, keep it for prediction
+        train = [r for r in train if r.guid not in overlap]
+    return DataSet(root, train, test, skipped=problems)

@@ -1,0 +1,104 @@
+"""The encoder interface: a backbone turns records of one modality into fixed-size features."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mmsent.config import Config, TextConfig
+from mmsent.data.images import ImagePreprocessing, eval_transform, open_image, train_transform
+from mmsent.data.records import Record
+from mmsent.data.text import clean_text
+
+
+class Encoder(nn.Module):
+    """Base class: `load_item` reads one record, `collate` batches items, `forward` gives (B, dim)."""
+
+    name: ClassVar[str] = "encoder"
+    modality: ClassVar[str] = "text"
+    dim: int = 0
+
+    def fingerprint(self) -> str:
+        """Identifies weights and preprocessing: features are cached under it."""
+        raise NotImplementedError
+
+    def item_key(self, record: Record, cfg: Config) -> str:
+        """Identifies one record's input content (the cache key within this fingerprint)."""
+        raise NotImplementedError
+
+    def item_loader(self, cfg: Config, train: bool = False) -> Callable[[Record], Any]:
+        """A picklable function from a record to this encoder's input item."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return items
+
+    def fit(self, records: list[Record], cfg: Config) -> None:
+        """Learn state from training records (only for encoders that have any, such as TF-IDF)."""
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """Fitted, non-tensor state to save beside a checkpoint (JSON-serialisable)."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what extra_state_dict returned."""
+
+
+@dataclass(frozen=True)
+class TextLoader:
+    """Picklable record -> cleaned text function."""
+
+    cfg: TextConfig
+
+    def __call__(self, record: Record) -> str:
+        return clean_text(record.text, self.cfg)
+
+
+class TextEncoder(Encoder):
+    """A text backbone fed the text cleaned as the config says (or as the encoder needs)."""
+
+    modality: ClassVar[str] = "text"
+
+    def text_config(self, cfg: Config) -> TextConfig:
+        """The cleaning this encoder's input gets; lexicon encoders override it."""
+        return cfg.text
+
+    def item_key(self, record: Record, cfg: Config) -> str:
+        text = TextLoader(self.text_config(cfg))(record)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def item_loader(self, cfg: Config, train: bool = False) -> Callable[[Record], Any]:
+        return TextLoader(self.text_config(cfg))
+
+
+def _load_image(transform, max_pixels: int, draft: int | None, record: Record) -> torch.Tensor:
+    return transform(open_image(record.image_path, max_pixels=max_pixels, draft_size=draft))
+
+
+def file_digest(path) -> str:
+    return hashlib.md5(open(path, "rb").read()).hexdigest()  # noqa: S324 (content key, not security)
+
+
+class ImageEncoder(Encoder):
+    """An image backbone; its preprocessing (size, mean, std) comes with its weights."""
+
+    modality: ClassVar[str] = "image"
+    preprocessing: ImagePreprocessing = ImagePreprocessing()
+
+    def item_key(self, record: Record, cfg: Config) -> str:
+        return file_digest(record.image_path)
+
+    def item_loader(self, cfg: Config, train: bool = False) -> Callable[[Record], Any]:
+        prep = self.preprocessing
+        if train:
+            return partial(_load_image, train_transform(prep, cfg.image), cfg.data.max_image_pixels, None)
+        return partial(_load_image, eval_transform(prep), cfg.data.max_image_pixels, prep.resize)
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)  # (B, 3, H, W)

@@ -1,0 +1,61 @@
+"""On-disk feature cache: keyed by encoder fingerprint (weights + preprocessing) and each input's content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+class FeatureCache:
+    """Append-only shards of (key, vector) pairs under one folder per encoder fingerprint."""
+
+    def __init__(self, root: Path | None, fingerprint: str):
+        self.fingerprint = fingerprint
+        self.dir: Path | None = None
+        self._store: dict[str, np.ndarray] = {}
+        if root is None:
+            return
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", fingerprint.split("|")[0])[:40]
+        digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
+        self.dir = Path(root) / "features" / f"{slug}-{digest}"
+        self._load()
+
+    def _load(self) -> None:
+        assert self.dir is not None
+        if not self.dir.is_dir():
+            return
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    for key, vec in zip(data["keys"], data["values"], strict=True):
+                        self._store[str(key)] = vec
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged shard only costs recomputation
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self._store.get(key)
+
+    def put_many(self, keys: list[str], values: np.ndarray) -> None:
+        """Add vectors and persist them as one new shard (atomic: temp file, then rename)."""
+        for key, vec in zip(keys, values, strict=True):
+            self._store[key] = vec
+        if self.dir is None or not keys:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "fingerprint.txt").write_text(self.fingerprint + "\n", encoding="utf-8")
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=self.dir, prefix=".tmp-")
+        os.close(fd)
+        try:
+            np.savez(tmp, keys=np.array(keys, dtype=str), values=np.asarray(values, dtype=np.float32))
+            os.replace(tmp, self.dir / f"shard-{uuid.uuid4().hex}.npz")
+        finally:
+            Path(tmp).unlink(missing_ok=True)

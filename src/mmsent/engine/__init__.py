@@ -1,0 +1,1 @@
+"""The engine: one generic training loop, losses, metrics and checkpoints."""

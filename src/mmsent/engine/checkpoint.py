@@ -1,0 +1,52 @@
+"""Run checkpoints: safetensors weights, the module spec and fitted encoder state, beside config.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from mmsent import LABELS, __version__
+from mmsent.config import Config, load_config, save_config
+from mmsent.errors import MmsentError
+from mmsent.model import FusionClassifier
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+
+
+def head_kwargs(cfg: Config) -> dict:
+    m = cfg.model
+    return {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
+
+
+def build_classifier(cfg: Config, encoder_dims: dict[str, int], encoder_modalities: dict[str, str]) -> FusionClassifier:
+    return FusionClassifier(encoder_dims, encoder_modalities, cfg.model.head, head_kwargs(cfg), len(LABELS))
+
+
+def save_checkpoint(run_dir: Path, cfg: Config, classifier: FusionClassifier, encoder_state: dict[str, dict]) -> None:
+    """Write config.yaml, model.safetensors and model.json into run_dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / CONFIG_FILE)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in classifier.state_dict().items()}
+    save_file(tensors, str(run_dir / WEIGHTS_FILE), metadata={"mmsent_version": __version__})
+    spec = {"mmsent_version": __version__, "labels": list(LABELS), **classifier.spec(), "encoder_state": encoder_state}
+    (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+
+
+def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, dict]]:
+    """Rebuild config, classifier (strict load) and fitted encoder state from a run folder."""
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, SPEC_FILE):
+        if not (run_dir / name).is_file():
+            raise MmsentError(f"{run_dir} is not a trained run: {name} is missing (train one with `mmsent train`)")
+    cfg = load_config(run_dir / CONFIG_FILE)
+    spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    if tuple(spec["labels"]) != LABELS:
+        raise MmsentError(f"{run_dir}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
+    classifier = build_classifier(cfg, spec["encoder_dims"], spec["encoder_modalities"])
+    classifier.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)), strict=True)
+    classifier.eval()
+    return cfg, classifier, spec.get("encoder_state", {})

@@ -1,0 +1,48 @@
+"""Classification metrics from scikit-learn: accuracy, macro P/R/F1, per class, confusion, ROC AUC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from mmsent import LABELS
+
+
+def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str] = LABELS) -> dict:
+    """All reported metrics for integer labels and class probabilities (N, C)."""
+    y_true = np.asarray(y_true)
+    y_pred = probs.argmax(axis=1)
+    classes = list(range(len(labels)))
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+    metrics = {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(mf),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
+        "per_class": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, lab in enumerate(labels)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "labels": list(labels),
+    }
+    present = np.unique(y_true)
+    if len(present) == len(labels):
+        metrics["roc_auc_ovr_macro"] = float(roc_auc_score(y_true, probs, multi_class="ovr", labels=classes))
+    return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    return (
+        f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"macro-P {metrics['macro_precision']:.4f}  macro-R {metrics['macro_recall']:.4f}  (n={metrics['n']})"
+    )

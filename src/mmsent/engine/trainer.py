@@ -1,0 +1,132 @@
+"""One generic training loop: AdamW, early stopping on validation macro-F1, best weights kept."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmsent.config import TrainConfig
+from mmsent.engine.metrics import compute_metrics
+
+Batch = tuple[object, torch.Tensor]  # (model inputs, labels (B,))
+EpochCallback = Callable[[dict], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class FeatureBatches:
+    """Mini-batches over in-memory feature tensors {name: (N, D)} and labels (N,), reshuffled each epoch."""
+
+    def __init__(self, features: dict[str, np.ndarray], y: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0):
+        self.features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in features.items()}
+        self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield {k: v[idx] for k, v in self.features.items()}, self.y[idx]
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_score: float
+    stopped_early: bool
+    seconds: float
+    best_state: dict = field(repr=False, default_factory=dict)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities (N, C), labels (N,) and the mean unweighted loss over batches."""
+    model.eval()
+    probs, labels, loss_sum, n = [], [], 0.0, 0
+    for inputs, y in batches:
+        logits = model(inputs)  # (B, C)
+        if (y >= 0).all():
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        n += len(y)
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        labels.append(y.cpu().numpy())
+    if not probs:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), float("nan")
+    return np.concatenate(probs), np.concatenate(labels), loss_sum / max(n, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Iterable[Batch],
+    val_batches: Iterable[Batch],
+    loss_fn: nn.Module,
+    cfg: TrainConfig,
+    param_groups: list[dict] | None = None,
+    callbacks: list[EpochCallback] | None = None,
+    quiet: bool = False,
+) -> FitResult:
+    """Train with AdamW until `epochs` or `patience` epochs without a better validation macro-F1.
+
+    The returned model holds the weights of its best epoch. Callbacks see each epoch's record and
+    may raise to stop the run (for example a search pruner).
+    """
+    params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    stopped_early = False
+    bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=quiet, unit="epoch")
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, n = 0.0, 0
+        for inputs, y in train_batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            n += len(y)
+        probs, y_val, val_loss = predict_proba(model, val_batches)
+        metrics = compute_metrics(y_val, probs)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(n, 1),
+            "val_loss": val_loss,
+            "val_accuracy": metrics["accuracy"],
+            "val_macro_f1": metrics["macro_f1"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        bar.set_postfix(f1=f"{metrics['macro_f1']:.3f}", best=f"{max(best_score, metrics['macro_f1']):.3f}")
+        if metrics["macro_f1"] > best_score:
+            best_score, best_epoch = metrics["macro_f1"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        for callback in callbacks or []:
+            callback(record)
+        if epoch - best_epoch >= cfg.patience:
+            stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return FitResult(history, best_epoch, best_score, stopped_early, time.perf_counter() - start, best_state)

@@ -1,0 +1,44 @@
+"""Concatenation fusion: modality features side by side, optional LayerNorm, then an MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsent.heads.registry import register_head
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float, layers: int = 1) -> nn.Sequential:
+    """`layers` hidden blocks of Linear-GELU-Dropout, then the output Linear."""
+    blocks: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(layers):
+        blocks += [nn.Linear(dim, hidden_dim), nn.GELU(), nn.Dropout(dropout)]
+        dim = hidden_dim
+    blocks.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*blocks)
+
+
+@register_head("concat")
+class ConcatHead(nn.Module):
+    """Concatenate the modality features, optionally LayerNorm them, then a one-hidden-layer MLP."""
+
+    def __init__(
+        self,
+        input_dims: dict[str, int],
+        num_classes: int,
+        hidden_dim: int = 256,
+        dropout: float = 0.3,
+        layernorm: bool = False,
+        layers: int = 1,
+    ):
+        super().__init__()
+        self.modalities = sorted(input_dims)
+        total = sum(input_dims.values())
+        self.norm = nn.LayerNorm(total) if layernorm else nn.Identity()
+        self.input_dropout = nn.Dropout(dropout)
+        self.mlp = mlp(total, hidden_dim, num_classes, dropout, layers)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
+        return self.mlp(self.input_dropout(self.norm(fused)))  # (B, C)

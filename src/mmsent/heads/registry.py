@@ -1,0 +1,41 @@
+"""The head registry: fusion heads are created by name from the modality input sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_HEADS: dict[str, Callable[..., nn.Module]] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_head(name: str) -> Callable:
+    def deco(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _HEADS[name] = cls
+        _DESCRIPTIONS[name] = (cls.__doc__ or "").strip().splitlines()[0]
+        return cls
+
+    return deco
+
+
+def _ensure_builtins() -> None:
+    from mmsent.heads import concat  # noqa: F401
+
+
+def list_heads() -> dict[str, str]:
+    _ensure_builtins()
+    return dict(sorted(_DESCRIPTIONS.items()))
+
+
+def create_head(name: str, input_dims: dict[str, int], num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build head `name` for inputs {modality: dim}; it returns logits (B, num_classes)."""
+    from mmsent.errors import ConfigError
+
+    _ensure_builtins()
+    if name not in _HEADS:
+        raise ConfigError(f"unknown head {name!r}; known heads: {', '.join(sorted(_HEADS))}")
+    if not input_dims:
+        raise ConfigError("a head needs at least one modality input")
+    return _HEADS[name](input_dims=dict(input_dims), num_classes=num_classes, **kwargs)

@@ -1,0 +1,63 @@
+"""The classifier: encoders (`forward_features`) and a fusion head over standardised features (`forward_head`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmsent import LABELS
+from mmsent.heads import create_head
+
+
+class FusionClassifier(nn.Module):
+    """Standardise each encoder's features, group them by modality, apply the fusion head.
+
+    Input: {encoder name: (B, D_enc)}; output: logits (B, C). This is the trainable part in
+    frozen mode and the part a checkpoint stores; encoders are rebuilt from the config.
+    """
+
+    def __init__(
+        self,
+        encoder_dims: dict[str, int],
+        encoder_modalities: dict[str, str],
+        head: str,
+        head_kwargs: dict,
+        num_classes: int = len(LABELS),
+    ):
+        super().__init__()
+        self.encoder_dims = dict(encoder_dims)
+        self.encoder_modalities = dict(encoder_modalities)
+        self.order = list(encoder_dims)  # fixed concatenation order within a modality
+        for name, dim in encoder_dims.items():
+            self.register_buffer(f"mean_{name}", torch.zeros(dim))
+            self.register_buffer(f"std_{name}", torch.ones(dim))
+        modality_dims: dict[str, int] = {}
+        for name in self.order:
+            modality = encoder_modalities[name]
+            modality_dims[modality] = modality_dims.get(modality, 0) + encoder_dims[name]
+        self.modality_dims = modality_dims
+        self.head = create_head(head, modality_dims, num_classes, **head_kwargs)
+
+    def fit_scaler(self, features: dict[str, np.ndarray]) -> None:
+        """Set per-dimension mean/std from training features (never from validation)."""
+        for name, values in features.items():
+            mean = values.mean(axis=0)
+            std = values.std(axis=0)
+            getattr(self, f"mean_{name}").copy_(torch.from_numpy(mean))
+            getattr(self, f"std_{name}").copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std)))
+
+    def group_by_modality(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised."""
+        groups: dict[str, list[torch.Tensor]] = {}
+        for name in self.order:
+            x = (features[name] - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
+            groups.setdefault(self.encoder_modalities[name], []).append(x)
+        return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.group_by_modality(features))  # (B, C)
+
+    def spec(self) -> dict:
+        """What rebuilding this module needs besides its weights."""
+        return {"encoder_dims": self.encoder_dims, "encoder_modalities": self.encoder_modalities}

@@ -1,0 +1,1 @@
+"""Reporting: figures (the only package that imports matplotlib) and, later, the HTML report."""

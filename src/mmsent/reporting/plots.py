@@ -1,0 +1,70 @@
+"""Figures of a run: learning curves, confusion matrix, one-vs-rest ROC curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_history(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
+    """Training / validation loss and validation macro-F1 per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (weighted)")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_loss.legend()
+    ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1", color="tab:green")
+    ax_f1.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy", color="tab:gray", alpha=0.7)
+    if best_epoch:
+        ax_f1.axvline(best_epoch, color="tab:red", linestyle=":", label=f"best epoch {best_epoch}")
+    ax_f1.set(xlabel="epoch", ylabel="score", title="Validation")
+    ax_f1.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path) -> Path:
+    """Counts with row-normalised shading (true class per row)."""
+    cm = np.asarray(matrix)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: Path) -> Path:
+    """One-vs-rest ROC curve and AUC for each class."""
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    for k, label in enumerate(labels):
+        positives = y_true == k
+        if positives.all() or not positives.any():
+            continue  # undefined for a class absent (or alone) in y_true
+        fpr, tpr, _ = roc_curve(positives, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{label} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest")
+    ax.legend(loc="lower right")
+    return _save(fig, path)

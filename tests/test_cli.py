@@ -1,0 +1,151 @@
+"""The command contract end to end: train, evaluate, predict, run, data check; user errors exit 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from mmsent.api import load_run
+from mmsent.cli import main
+from mmsent.config import load_config
+
+
+def test_train_writes_a_complete_run(trained_run):
+    _, run = trained_run
+    for name in ["config.yaml", "model.safetensors", "model.json", "metrics.json", "history.csv",
+                 "split.json", "val_predictions.csv", "plots/curves.png", "plots/confusion.png", "plots/roc.png"]:
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["accuracy", "macro_f1", "macro_precision", "macro_recall", "per_class", "confusion_matrix"]:
+        assert key in metrics
+    assert metrics["n"] == 11 and sum(map(sum, metrics["confusion_matrix"])) == 11
+    # the drawn colours and words make the synthetic task learnable
+    assert metrics["macro_f1"] > 0.7
+    assert load_config(run / "config.yaml").train.epochs == 15
+    assert set(load_file(str(run / "model.safetensors")))  # plain safetensors
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["val"])
+
+
+def test_predict_writes_every_guid_once_in_order(trained_run, tmp_path: Path):
+    data, run = trained_run
+    guids = ["104", "140", "101", "143"]
+    listing = tmp_path / "list.txt"
+    listing.write_text("guid,tag\n" + "".join(f"{g},whatever\n" for g in guids))
+    out = tmp_path / "out" / "pred.txt"
+    assert main(["predict", "--run", str(run), "--data", str(data), "--guids", str(listing), "--out", str(out), "--quiet"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "guid,tag"
+    assert [line.split(",")[0] for line in lines[1:]] == guids
+    assert all(line.split(",")[1] in ("positive", "neutral", "negative") for line in lines[1:])
+
+
+def test_predict_needs_only_the_data_folder_and_the_list(trained_run, tmp_path: Path):
+    data, run = trained_run
+    only = tmp_path / "only"
+    (only / "data").mkdir(parents=True)
+    for guid in ("101", "140"):
+        for ext in ("txt", "jpg"):
+            (only / "data" / f"{guid}.{ext}").write_bytes((data / "data" / f"{guid}.{ext}").read_bytes())
+    listing = tmp_path / "l.txt"
+    listing.write_text("guid,tag\n140,null\n101,null\n")
+    out = tmp_path / "p.txt"
+    assert main(["predict", "--run", str(run), "--data", str(only), "--guids", str(listing), "--out", str(out), "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_evaluate_prints_metrics_json(trained_run, capsys):
+    data, run = trained_run
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--labels", str(data / "train.txt"), "--quiet"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 42 and 0.0 <= metrics["macro_f1"] <= 1.0
+
+
+def test_loaded_run_is_reproducible(trained_run):
+    from mmsent.data.records import load_dataset
+
+    data, run = trained_run
+    records = load_dataset(data).test
+    a = load_run(run).predict_proba(records, quiet=True)
+    b = load_run(run).predict_proba(records, quiet=True)
+    assert a.shape == (6, 3) and (a == b).all()
+
+
+def test_same_seed_same_model(dataset: Path, tmp_path: Path):
+    def train(out: Path) -> dict:
+        args = ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--set", "train.epochs=3",
+                "--set", "model.encoders=[vader,efficientnet_lite0]"]
+        assert main(args) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    a, b = train(tmp_path / "a"), train(tmp_path / "b")
+    assert a["macro_f1"] == b["macro_f1"] and a["confusion_matrix"] == b["confusion_matrix"]
+    assert b["encoder_cache"]["efficientnet_lite0"]["computed"] == 0  # second run does no encoding
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_run_predicts_the_test_list(dataset: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(dataset), "--out", str(out), "--quiet", "--set", "train.epochs=3"]) == 0
+    lines = (out / "predictions.txt").read_text().splitlines()
+    expected = (dataset / "test_without_label.txt").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == [line.split(",")[0] for line in expected]
+    printed = capsys.readouterr().out
+    assert "macro-F1" in printed and "predictions.txt" in printed
+
+
+def test_bad_data_exits_2_with_every_problem(dataset: Path, tmp_path: Path, capsys):
+    (dataset / "data" / "101.txt").unlink()
+    (dataset / "data" / "102.jpg").write_bytes(b"broken")
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "guid 101" in err and "guid 102" in err and "Traceback" not in err
+
+
+def test_skip_mode_writes_the_skipped_list(dataset: Path, tmp_path: Path):
+    (dataset / "data" / "101.txt").unlink()
+    out = tmp_path / "r"
+    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--on-error", "skip",
+            "--set", "train.epochs=2", "--set", "model.encoders=[vader]"]
+    assert main(args) == 0
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert skipped == [{"guid": "101", "path": str(dataset / "data" / "101.txt"), "reason": "text file is missing"}]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "train.nope=1"], "train.nope"),
+        (["--set", "train.epochs=abc"], "train.epochs"),
+        (["--set", "model.encoders=[nope]"], "unknown encoder"),
+    ],
+)
+def test_config_errors_exit_2(dataset: Path, tmp_path: Path, capsys, args, needle):
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "r"), "--quiet", *args])
+    assert code == 2 and needle in capsys.readouterr().err
+
+
+def test_missing_data_folder_exits_2(tmp_path: Path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    assert "data/ is missing" in capsys.readouterr().err
+
+
+def test_not_a_run_folder_exits_2(dataset: Path, tmp_path: Path, capsys):
+    code = main(["predict", "--run", str(tmp_path), "--data", str(dataset), "--guids",
+                 str(dataset / "test_without_label.txt"), "--out", str(tmp_path / "p.txt")])
+    assert code == 2 and "not a trained run" in capsys.readouterr().err
+
+
+def test_data_check_command(dataset: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["data", "check", "--data", str(dataset), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["counts"]["train"]["total"] == 36
+    assert "GB18030" in capsys.readouterr().out
+
+
+def test_models_lists_encoders_and_heads(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "minilm" in out and "concat" in out

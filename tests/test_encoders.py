@@ -1,0 +1,75 @@
+"""Offline encoders, the registry and the feature cache."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmsent.config import load_config
+from mmsent.data.records import load_dataset
+from mmsent.encoders import create_encoder, list_encoders
+from mmsent.encoders.features import encode_records
+from mmsent.errors import ConfigError, WeightsNotFoundError
+
+
+def test_registry_lists_and_rejects_unknown():
+    assert {"minilm", "efficientnet_lite0", "vader"} <= set(list_encoders())
+    with pytest.raises(ConfigError, match="unknown encoder 'nope'"):
+        create_encoder("nope")
+
+
+def test_vader_scores_sentiment():
+    enc = create_encoder("vader")
+    feats = enc(["I love this, wonderful!", "This is awful and sad."])  # (2, 4)
+    assert feats.shape == (2, 4)
+    assert feats[0, 3] > 0.5 > -0.5 > feats[1, 3]
+
+
+def test_minilm_embeds_offline():
+    enc = create_encoder("minilm")
+    out = enc(enc.collate(["a happy dog", "a joyful puppy", "tax forms are due"]))
+    assert out.shape == (3, 384)
+    sim = out @ out.T
+    assert sim[0, 1] > sim[0, 2]  # real pretrained weights, not random
+
+
+def test_efficientnet_lite0_features():
+    enc = create_encoder("efficientnet_lite0")
+    assert enc.preprocessing.size == 224
+    out = enc(torch.zeros(2, 3, 224, 224))
+    assert out.shape == (2, 1280)
+
+
+def test_missing_weights_is_a_clear_message(tmp_path: Path):
+    with pytest.raises(WeightsNotFoundError, match="no weights file"):
+        create_encoder("efficientnet_lite0", weights_path=str(tmp_path / "none.pth"))
+    with pytest.raises(WeightsNotFoundError, match="no model folder"):
+        create_encoder("minilm", name_or_path=str(tmp_path / "none"))
+
+
+def test_cache_computes_once_and_tracks_content(dataset: Path, tmp_path: Path):
+    cfg = load_config()
+    records = load_dataset(dataset).train[:8]
+    enc = create_encoder("efficientnet_lite0")
+    cache = tmp_path / "cache"
+    first, stats1 = encode_records(enc, records, cfg, cache, quiet=True)
+    second, stats2 = encode_records(enc, records, cfg, cache, quiet=True)
+    assert stats1.computed == 8 and stats2.computed == 0 and stats2.cached == 8
+    assert np.allclose(first, second)
+    # changing one image's content invalidates exactly that entry
+    from conftest import draw_image
+
+    draw_image("negative", 777).save(records[0].image_path, format="JPEG")
+    third, stats3 = encode_records(enc, records, cfg, cache, quiet=True)
+    assert stats3.computed == 1 and not np.allclose(third[0], first[0]) and np.allclose(third[1:], first[1:])
+
+
+def test_text_cache_follows_cleaning(dataset: Path, tmp_path: Path):
+    records = load_dataset(dataset).train[:5]
+    enc = create_encoder("minilm")
+    cache = tmp_path / "cache"
+    encode_records(enc, records, load_config(), cache, quiet=True)
+    _, same = encode_records(enc, records, load_config(), cache, quiet=True)
+    _, changed = encode_records(enc, records, load_config(overrides=["text.hashtags_to_words=false"]), cache, quiet=True)
+    assert same.computed == 0 and changed.computed > 0

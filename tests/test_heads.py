@@ -1,0 +1,40 @@
+"""Fusion heads and the classifier: shapes, gradients, single-modality inputs, standardisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmsent.errors import ConfigError
+from mmsent.heads import create_head, list_heads
+from mmsent.model import FusionClassifier
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_concat_head_shape_and_gradients(layernorm: bool):
+    head = create_head("concat", {"text": 8, "image": 5}, 3, hidden_dim=16, dropout=0.1, layernorm=layernorm)
+    out = head({"text": torch.randn(4, 8), "image": torch.randn(4, 5)})
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_head_works_with_one_modality():
+    head = create_head("concat", {"text": 8}, 3)
+    assert head({"text": torch.randn(2, 8)}).shape == (2, 3)
+
+
+def test_unknown_head():
+    assert "concat" in list_heads()
+    with pytest.raises(ConfigError, match="unknown head"):
+        create_head("nope", {"text": 3}, 3)
+
+
+def test_classifier_standardises_with_training_statistics():
+    clf = FusionClassifier({"a": 3, "b": 2}, {"a": "text", "b": "image"}, "concat", {"hidden_dim": 4})
+    train = {"a": np.random.default_rng(0).normal(5, 2, (50, 3)).astype(np.float32),
+             "b": np.ones((50, 2), dtype=np.float32)}  # constant column: std falls back to 1
+    clf.fit_scaler(train)
+    grouped = clf.group_by_modality({k: torch.from_numpy(v) for k, v in train.items()})
+    assert grouped["text"].shape == (50, 3) and grouped["image"].shape == (50, 2)
+    assert torch.allclose(grouped["text"].mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(grouped["image"], torch.zeros(50, 2))
