@@ -13,6 +13,7 @@ import torch
 
 from mmsent import LABELS
 from mmsent.config import Config
+from mmsent.data.guard import check_no_leak
 from mmsent.data.labels import write_label_file
 from mmsent.data.records import TEST_LIST, DataSet, Record, load_dataset, load_records, require_data_dir
 from mmsent.data.splits import stratified_split
@@ -43,12 +44,13 @@ def build_encoders(cfg: Config) -> dict[str, Encoder]:
 
 
 def extract_features(
-    encoders: dict[str, Encoder], records: list[Record], cfg: Config, quiet: bool = False
+    encoders: dict[str, Encoder], records: list[Record], cfg: Config, quiet: bool = False, use_cache: bool = True
 ) -> tuple[dict[str, np.ndarray], list[EncodeStats]]:
-    """{encoder: (N, D)} for records, through the feature cache."""
+    """{encoder: (N, D)} for records, through the feature cache unless use_cache is False."""
     features, stats = {}, []
+    cache_root = cfg.cache_path() if use_cache else None
     for name, encoder in encoders.items():
-        features[name], stat = encode_records(encoder, records, cfg, cfg.cache_path(), quiet=quiet)
+        features[name], stat = encode_records(encoder, records, cfg, cache_root, quiet=quiet)
         stats.append(stat)
     return features, stats
 
@@ -102,15 +104,30 @@ def load_training_data(data_dir: Path, cfg: Config) -> DataSet:
     return load_dataset(Path(data_dir), on_error=cfg.data.on_error, max_pixels=cfg.data.max_image_pixels)
 
 
-def train(data_dir: Path, out_dir: Path, cfg: Config, quiet: bool = False, dataset: DataSet | None = None) -> TrainResult:
-    """Train a model on the train split of data_dir; write the complete run folder to out_dir."""
+def train(
+    data_dir: Path,
+    out_dir: Path,
+    cfg: Config,
+    quiet: bool = False,
+    dataset: DataSet | None = None,
+    split: tuple[list[Record], list[Record]] | None = None,
+    extra_train: list[Record] | None = None,
+) -> TrainResult:
+    """Train a model and write the complete run folder to out_dir.
+
+    By default the train list of data_dir is split by data.val_fraction / data.split_seed;
+    `split` gives explicit (train, validation) records instead (k-fold mining), and
+    `extra_train` adds records (augmented copies) to training. The leak guard checks all of it.
+    """
     t_start = time.perf_counter()
     apply_runtime(cfg)
     seed_everything(cfg.train.seed)
     dataset = dataset or load_training_data(data_dir, cfg)
-    if len({r.tag for r in dataset.train}) < 2:
+    train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
+    train_records = list(train_records) + list(extra_train or [])
+    check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
+    if len({r.tag for r in train_records}) < 2:
         raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
-    train_records, val_records = split_records(dataset.train, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if dataset.skipped:
@@ -174,14 +191,28 @@ class LoadedRun:
     classifier: FusionClassifier
     encoders: dict[str, Encoder]
 
-    def predict_proba(self, records: list[Record], quiet: bool = False) -> np.ndarray:
+    def features(self, records: list[Record], quiet: bool = False, use_cache: bool = True) -> dict[str, np.ndarray]:
+        """{encoder: (N, D)} for records (cached unless use_cache is False, e.g. for perturbed inputs)."""
+        feats, _ = extract_features(self.encoders, records, self.cfg, quiet, use_cache)
+        return feats
+
+    def predict_features(self, feats: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) -> np.ndarray:
+        """Probabilities (N, C) from features; modalities in `drop` are blanked (set to the training mean)."""
+        n = len(next(iter(feats.values())))
+        if n == 0:
+            return np.zeros((0, len(LABELS)), dtype=np.float32)
+        self.classifier.drop_modalities = frozenset(drop)
+        try:
+            probs, _, _ = predict_proba(self.classifier, FeatureBatches(feats, np.full(n, -1), 1024, shuffle=False))
+        finally:
+            self.classifier.drop_modalities = frozenset()
+        return probs
+
+    def predict_proba(self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset()) -> np.ndarray:
         """Class probabilities (N, C) in LABELS order."""
         if not records:
             return np.zeros((0, len(LABELS)), dtype=np.float32)
-        feats, _ = extract_features(self.encoders, records, self.cfg, quiet)
-        y = np.full(len(records), -1, dtype=np.int64)
-        probs, _, _ = predict_proba(self.classifier, FeatureBatches(feats, y, 1024, shuffle=False))
-        return probs
+        return self.predict_features(self.features(records, quiet), drop)
 
 
 def load_run(run_dir: Path) -> LoadedRun:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mmsent import __version__
 from mmsent.errors import MmsentError
+from mmsent.experiments.common import command_line, write_manifest
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -79,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsent.engine.metrics import summary_line
 
     result = train(args.data, args.out, _config(args), quiet=args.quiet)
+    write_manifest(result.run_dir, "train", command_line(args.argv))
     print(f"validation: {summary_line(result.metrics)}")
     print(f"run folder: {result.run_dir}")
     return 0
@@ -105,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     summary = run(args.data, args.out, _config(args), quiet=args.quiet)
+    write_manifest(summary.run_dir, "run", command_line(args.argv))
     m = summary.metrics
     print("")
     print(f"validation (n={m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
@@ -151,6 +154,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one clear message and return 2."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
     except MmsentError as exc:

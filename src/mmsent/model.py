@@ -37,6 +37,7 @@ class FusionClassifier(nn.Module):
             modality = encoder_modalities[name]
             modality_dims[modality] = modality_dims.get(modality, 0) + encoder_dims[name]
         self.modality_dims = modality_dims
+        self.drop_modalities: frozenset[str] = frozenset()  # blanked at inference (ablation)
         self.head = create_head(head, modality_dims, num_classes, **head_kwargs)
 
     def fit_scaler(self, features: dict[str, np.ndarray]) -> None:
@@ -48,10 +49,15 @@ class FusionClassifier(nn.Module):
             getattr(self, f"std_{name}").copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std)))
 
     def group_by_modality(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised."""
+        """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised.
+
+        A modality in `drop_modalities` becomes zeros, i.e. the training mean after standardisation.
+        """
         groups: dict[str, list[torch.Tensor]] = {}
         for name in self.order:
             x = (features[name] - getattr(self, f"mean_{name}")) / getattr(self, f"std_{name}")
+            if self.encoder_modalities[name] in self.drop_modalities:
+                x = torch.zeros_like(x)
             groups.setdefault(self.encoder_modalities[name], []).append(x)
         return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}
 

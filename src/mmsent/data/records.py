@@ -28,7 +28,12 @@ class Record:
     text: str
     image_path: Path
     text_fallback: bool = False  # the text file needed the GB18030 fallback
-    source_guid: str | None = None  # set on augmented copies (issue: leak guard)
+    source_guid: str | None = None  # the original guid of an augmented copy (see data.guard)
+    image_bytes: bytes | None = field(default=None, repr=False)  # in-memory image (uploads, perturbations)
+
+    def image_source(self) -> Path | bytes:
+        """What open_image reads: the in-memory bytes if any, else the file."""
+        return self.image_bytes if self.image_bytes is not None else self.image_path
 
 
 @dataclass

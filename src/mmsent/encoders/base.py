@@ -78,11 +78,13 @@ class TextEncoder(Encoder):
 
 
 def _load_image(transform, max_pixels: int, draft: int | None, record: Record) -> torch.Tensor:
-    return transform(open_image(record.image_path, max_pixels=max_pixels, draft_size=draft))
+    return transform(open_image(record.image_source(), max_pixels=max_pixels, draft_size=draft))
 
 
-def file_digest(path) -> str:
-    return hashlib.md5(open(path, "rb").read()).hexdigest()  # noqa: S324 (content key, not security)
+def image_digest(record: Record) -> str:
+    """md5 of the image content (content key, not security)."""
+    data = record.image_bytes if record.image_bytes is not None else record.image_path.read_bytes()
+    return hashlib.md5(data).hexdigest()  # noqa: S324
 
 
 class ImageEncoder(Encoder):
@@ -92,7 +94,7 @@ class ImageEncoder(Encoder):
     preprocessing: ImagePreprocessing = ImagePreprocessing()
 
     def item_key(self, record: Record, cfg: Config) -> str:
-        return file_digest(record.image_path)
+        return image_digest(record)
 
     def item_loader(self, cfg: Config, train: bool = False) -> Callable[[Record], Any]:
         prep = self.preprocessing

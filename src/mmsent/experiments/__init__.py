@@ -1,0 +1,1 @@
+"""Experiments of the study: compare, search, variants, seeds, robustness, ablation, bad cases, augmentation."""
