@@ -39,6 +39,13 @@ class Encoder(nn.Module):
     def collate(self, items: list[Any]) -> Any:
         return items
 
+    def forward_tokens(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token / patch features (B, T, D_tok) and a mask (B, T) for token-level heads.
+
+        Optional: only encoders with a sequence (transformers' tokens, CNN patches) implement it.
+        """
+        raise NotImplementedError(f"encoder {self.name!r} gives no token features")
+
     def fit(self, records: list[Record], cfg: Config) -> None:
         """Learn state from training records (only for encoders that have any, such as TF-IDF)."""
 
