@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 
 from mmsent import LABELS
 from mmsent.config import Config
+from mmsent.data.augmented import load_augmented
 from mmsent.data.guard import check_no_leak
 from mmsent.data.labels import write_label_file
 from mmsent.data.records import TEST_LIST, DataSet, Record, load_dataset, load_records, require_data_dir
@@ -117,14 +119,16 @@ def train(
 
     By default the train list of data_dir is split by data.val_fraction / data.split_seed;
     `split` gives explicit (train, validation) records instead (k-fold mining), and
-    `extra_train` adds records (augmented copies) to training. The leak guard checks all of it.
+    `extra_train` and the folders of cfg.data.augment add records (augmented copies) to training.
+    The leak guard checks all of it.
     """
     t_start = time.perf_counter()
     apply_runtime(cfg)
     seed_everything(cfg.train.seed)
     dataset = dataset or load_training_data(data_dir, cfg)
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
-    train_records = list(train_records) + list(extra_train or [])
+    augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
+    train_records = list(train_records) + list(extra_train or []) + augmented
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
     if len({r.tag for r in train_records}) < 2:
         raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
@@ -239,13 +243,28 @@ def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, m
     return records, problems
 
 
-def evaluate(run_dir: Path, data_dir: Path, labels_file: Path, quiet: bool = False, on_error: str = "fail") -> dict:
+def load_runs(run_dirs: Path | Sequence[Path]) -> list[LoadedRun]:
+    """One run folder, or several for an ensemble."""
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    if not dirs:
+        raise MmsentError("no run folder given")
+    return [load_run(d) for d in dirs]
+
+
+def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = False) -> np.ndarray:
+    """Class probabilities (N, C) averaged over runs; each run extracts its own features."""
+    if len(runs) == 1:
+        return runs[0].predict_proba(records, quiet)  # a single run stays exactly as it was
+    return np.mean([run.predict_proba(records, quiet) for run in runs], axis=0, dtype=np.float64).astype(np.float32)
+
+
+def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, quiet: bool = False, on_error: str = "fail") -> dict:
     """Metrics of a trained run on the labelled guids of labels_file."""
-    run = load_run(run_dir)
-    records, problems = _load_list(data_dir, labels_file, True, on_error, run.cfg.data.max_image_pixels)
+    runs = load_runs(run_dir)
+    records, problems = _load_list(data_dir, labels_file, True, on_error, runs[0].cfg.data.max_image_pixels)
     if not records:
         raise MmsentError(f"{labels_file}: no labelled guid to evaluate")
-    probs = run.predict_proba(records, quiet)
+    probs = ensemble_proba(runs, records, quiet)
     metrics = compute_metrics(encode_labels(records), probs)
     if problems:
         metrics["skipped"] = [p.line() for p in problems]
@@ -253,12 +272,12 @@ def evaluate(run_dir: Path, data_dir: Path, labels_file: Path, quiet: bool = Fal
 
 
 def predict(
-    run_dir: Path, data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
 ) -> list[tuple[str, str]]:
     """Write `guid,tag` for every guid of guids_file, in its order, atomically."""
-    run = load_run(run_dir)
-    records, problems = _load_list(data_dir, guids_file, False, on_error, run.cfg.data.max_image_pixels)
-    probs = run.predict_proba(records, quiet)
+    runs = load_runs(run_dir)
+    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
+    probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
     write_label_file(Path(out_file), rows)
     if problems:
@@ -289,4 +308,4 @@ def run(data_dir: Path, out_dir: Path, cfg: Config, quiet: bool = False) -> RunS
     return RunSummary(Path(out_dir), result.metrics, predictions, len(rows), time.perf_counter() - t0)
 
 
-__all__ = ["LoadedRun", "RunSummary", "TrainResult", "evaluate", "load_run", "predict", "run", "train", "TEST_LIST"]
+__all__ = ["LoadedRun", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs", "predict", "run", "train", "TEST_LIST"]

@@ -36,14 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="metrics of a run on a labelled guid list, as JSON")
-    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, action="append",
+                   help="run folder; repeat it to evaluate the ensemble (mean class probabilities)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--labels", type=Path, required=True, help="'guid,tag' file with true tags")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     _add_common(p)
 
     p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list")
-    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True, action="append",
+                   help="run folder; repeat it to predict with the ensemble (mean class probabilities)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
     p.add_argument("--out", type=Path, required=True)
@@ -63,7 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
 
     sub.add_parser("models", help="list encoders and heads")
+    _add_badcase_parsers(sub)
     return parser
+
+
+def _add_badcase_parsers(sub) -> None:
+    p = sub.add_parser("badcases", help="mine out-of-fold mistakes on a run's training split, with error analysis")
+    p.add_argument("--run", type=Path, required=True, help="trained run folder (its config and split are used)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="experiment folder to write")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, help="fold seed (default: the run's data.split_seed)")
+    _add_common(p)
+
+    p = sub.add_parser("augment", help="write augmented copies of mined cases, with new guids and a manifest")
+    p.add_argument("--badcases", type=Path, required=True, help="bad_cases.csv of `mmsent badcases`")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="augmentation folder to write (data/ + manifest.csv)")
+    p.add_argument("--copies", type=int, default=2, help="copies per case")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-synonyms", action="store_true", help="no synonym replacement")
+    _add_common(p)
+
+    p = sub.add_parser("retrain", help="retrain a run with augmented copies; before/after on the same validation split")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--augment", type=Path, required=True, action="append", help="augmentation folder (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="new run folder")
+    p.add_argument("--data", type=Path, help="data set folder (default: the one `mmsent augment` recorded)")
+    _add_common(p)
 
 
 def _config(args: argparse.Namespace):
@@ -90,6 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmsent.api import evaluate
 
     metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error)
+    if len(args.run) > 1:
+        metrics["ensemble_of"] = [str(r) for r in args.run]
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -98,7 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mmsent.api import predict
 
     rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
-    print(f"wrote {len(rows)} predictions to {args.out}")
+    ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
+    print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
     return 0
 
 
@@ -141,6 +173,41 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_badcases(args: argparse.Namespace) -> int:
+    from mmsent.engine.metrics import summary_line
+    from mmsent.experiments.badcases import mine_bad_cases
+
+    res = mine_bad_cases(args.run, args.data, args.out, args.folds, args.seed, args.quiet, command_line(args.argv))
+    print(f"out of fold on the training split: {summary_line(res.metrics)}")
+    print(f"mistakes: {res.n_bad} of {res.n_train} -> {res.out_dir / 'bad_cases.csv'}")
+    print(f"error analysis: {res.out_dir / 'results.md'}, {res.out_dir / 'confusion.md'} and figures")
+    print(f"time: {res.seconds:.1f} s")
+    return 0
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from mmsent.experiments.augment import AugmentOptions, augment_bad_cases
+
+    opts = AugmentOptions(synonyms=not args.no_synonyms)
+    res = augment_bad_cases(args.badcases, args.data, args.out, args.copies, args.seed, opts, args.quiet,
+                            command_line(args.argv))
+    print(f"wrote {res.n_copies} copies of {res.n_sources} cases to {res.out_dir / 'data'} "
+          f"(manifest {res.out_dir / 'manifest.csv'}) in {res.seconds:.1f} s")
+    print(f"add them to training with: --set data.augment=[{res.out_dir}]  or  mmsent retrain --augment {res.out_dir}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from mmsent.experiments.retrain import format_comparison, retrain
+
+    t0 = time.perf_counter()
+    res = retrain(args.run, args.augment, args.out, args.data, args.quiet, command_line(args.argv))
+    print(f"validation split of {args.run} (n={res.after['n']}), before = {args.run}, after = {res.run_dir}:")
+    print(format_comparison(res.rows))
+    print(f"time: {time.perf_counter() - t0:.1f} s; table: {res.run_dir / 'results.md'}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -148,6 +215,9 @@ COMMANDS = {
     "run": cmd_run,
     "data": cmd_data,
     "models": cmd_models,
+    "badcases": cmd_badcases,
+    "augment": cmd_augment,
+    "retrain": cmd_retrain,
 }
 
 

@@ -24,6 +24,8 @@ class DataConfig(_Section):
     on_error: Literal["fail", "skip"] = "fail"
     # decompression-bomb guard, checked from the header before any decoding
     max_image_pixels: int = Field(89_478_485, gt=0)
+    # augmentation folders (or their manifest.csv) whose copies are added to the training split only
+    augment: list[str] = Field(default_factory=list)
 
 
 class TextConfig(_Section):
