@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ CASE_COLUMNS = [
     "n_tokens", "has_emoji", "has_url", "is_retweet", "n_hashtags",
     "image_width", "image_height", "image_bytes", "text_fallback", "image_path", "text",
 ]
+EMOTICON_RE = re.compile(r"(?:^|\s)[:;=8][-'^]?[)(\]\[DPpOo/\\|*]")  # :) ;-( :D ... (MVSA has no Unicode emoji)
 TOKEN_BUCKETS = [(0, 5), (6, 10), (11, 15), (16, 20), (21, 10**9)]
 
 
@@ -140,29 +142,41 @@ def token_bucket(row: dict) -> str:
     return "?"
 
 
-def image_size_buckets(rows: list[dict]) -> tuple[Callable[[dict], str], list[str]]:
-    """Quartile buckets of the image's longer side (edges from the data) and their labels in order."""
-    sides = np.array([max(int(r["image_width"]), int(r["image_height"])) for r in rows])
-    edges = [int(e) for e in np.unique(np.quantile(sides, [0.25, 0.5, 0.75]))] if len(sides) else []
+def quartile_buckets(values: list[float], unit: str) -> tuple[Callable[[float], str], list[str]]:
+    """Buckets at the quartiles of the values (edges from the data) and their labels in order."""
+    edges = [int(e) for e in np.unique(np.quantile(values, [0.25, 0.5, 0.75]))] if values else []
     lows = [0] + [e + 1 for e in edges]
-    labels = [f"{lo}-{hi} px" for lo, hi in zip(lows, edges)] + [f">={lows[-1]} px"]
+    labels = [f"{hi} {unit}" if lo == hi else f"{lo}-{hi} {unit}" for lo, hi in zip(lows, edges)]
+    labels.append(f">={lows[-1]} {unit}")
 
-    def bucket(row: dict) -> str:
-        side = max(int(row["image_width"]), int(row["image_height"]))
-        return labels[int(np.searchsorted(edges, side, side="left"))]
+    def bucket(value: float) -> str:
+        return labels[int(np.searchsorted(edges, value, side="left"))]
 
     return bucket, labels
 
 
+def long_side(row: dict) -> int:
+    return max(int(row["image_width"]), int(row["image_height"]))
+
+
+def file_kb(row: dict) -> int:
+    return int(row["image_bytes"]) // 1024
+
+
 def error_table(rows: list[dict]) -> list[dict]:
     """Error rate, count and 95% interval per bucket of each analysed attribute."""
+    side_bucket, side_labels = quartile_buckets([long_side(r) for r in rows], "px")
+    kb_bucket, kb_labels = quartile_buckets([file_kb(r) for r in rows], "KB")
     factors: list[tuple[str, Callable[[dict], str], list[str]]] = [
         ("text length", token_bucket, [token_bucket({"n_tokens": lo}) for lo, _ in TOKEN_BUCKETS]),
         ("emoji", lambda r: "emoji" if r["has_emoji"] else "no emoji", ["no emoji", "emoji"]),
         ("url", lambda r: "url" if r["has_url"] else "no url", ["no url", "url"]),
         ("retweet", lambda r: "retweet" if r["is_retweet"] else "not retweet", ["not retweet", "retweet"]),
         ("gb18030 fallback", lambda r: "fallback" if r["text_fallback"] else "utf-8", ["utf-8", "fallback"]),
-        ("image size", *image_size_buckets(rows)),
+        ("emoticon", lambda r: "emoticon" if EMOTICON_RE.search(r["text"]) else "no emoticon",
+         ["no emoticon", "emoticon"]),
+        ("image size", lambda r: side_bucket(long_side(r)), side_labels),
+        ("image file size", lambda r: kb_bucket(file_kb(r)), kb_labels),
         ("true class", lambda r: r["tag"], list(LABELS)),
     ]
     table = []
@@ -200,8 +214,8 @@ def write_analysis(rows: list[dict], out_dir: Path) -> list[dict]:
     conf_table, matrix = confusion_rows(rows)
     write_table(conf_table, out_dir, name="confusion")
     overall = sum(not r["correct"] for r in rows) / max(len(rows), 1)
-    for factor, name in [("text length", "text_length"), ("emoji", "emoji"), ("image size", "image_size"),
-                         ("true class", "true_class")]:
+    for factor, name in [("text length", "text_length"), ("emoji", "emoji"), ("emoticon", "emoticon"),
+                         ("image size", "image_size"), ("image file size", "image_file_size"), ("true class", "true_class")]:
         plot_error_rates([r for r in table if r["factor"] == factor], f"Error rate by {factor}",
                          out_dir / f"error_by_{name}.png", overall)
     plot_confusion(matrix, LABELS, out_dir / "confusion.png")
