@@ -186,14 +186,15 @@ def train_with(mined, out: Path, augment: Path) -> int:
         ("copy_of_val", "is an augmented copy of {g}, which is in the validation split"),
         ("copy_of_test", "is an augmented copy of {g}, which is in the test list"),
         ("val_under_own_guid", "guid {g} is in the training data and in the validation split"),
+        ("test_under_own_guid", "guid {g} is in the training data and in the test list"),
         ("manifest_file_copy_of_val", "is an augmented copy of {g}, which is in the validation split"),
     ],
 )
 def test_leak_guard_rejects_each_leak_through_data_augment(mined, tmp_path: Path, capsys, kind, needle):
     val = mined["split"]["val"][0]
     test = read_label_file(mined["data"] / "test_without_label.txt", labelled=False)[0][0].guid
-    g = test if kind == "copy_of_test" else val
-    new = g if kind == "val_under_own_guid" else f"aug-x-{g}-0"
+    g = test if "test" in kind else val
+    new = g if "own_guid" in kind else f"aug-x-{g}-0"
     folder = aug_folder(mined, tmp_path / "aug", [(f"aug-x-{mined['split']['train'][0]}-0", mined["split"]["train"][0]),
                                                   (new, g)])
     target = folder / "manifest.csv" if kind == "manifest_file_copy_of_val" else folder
