@@ -76,6 +76,8 @@ def out_of_fold_proba(
     """Probabilities (N, C) of each record from the fold model that never saw it, its fold (N,), seconds per fold."""
     from mmsent.api import load_run, train
 
+    if k < 2:
+        raise MmsentError(f"--folds must be at least 2 (got {k})")
     tags = [r.tag for r in records]
     smallest = min(tags.count(t) for t in set(tags))
     if smallest < k:
