@@ -208,11 +208,13 @@ class LoadedRun:
             self.classifier.drop_modalities = frozenset()
         return probs
 
-    def predict_proba(self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset()) -> np.ndarray:
-        """Class probabilities (N, C) in LABELS order."""
+    def predict_proba(
+        self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset(), use_cache: bool = True
+    ) -> np.ndarray:
+        """Class probabilities (N, C) in LABELS order; use_cache=False keeps one-off inputs (uploads) off disk."""
         if not records:
             return np.zeros((0, len(LABELS)), dtype=np.float32)
-        return self.predict_features(self.features(records, quiet), drop)
+        return self.predict_features(self.features(records, quiet, use_cache), drop)
 
 
 def load_run(run_dir: Path) -> LoadedRun:

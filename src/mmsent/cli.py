@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
 
     sub.add_parser("models", help="list encoders and heads")
+
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: JSON API and a web page")
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image upload, in MB")
+
+    p = sub.add_parser("report", help="build an HTML report (and a Markdown twin) from run and experiment folders")
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="run / experiment folders, or folders holding them")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write; report.md goes beside it")
+    p.add_argument("--data-report", type=Path, help="JSON written by `mmsent data check`")
     return parser
 
 
@@ -141,6 +152,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmsent.serve.app import serve
+
+    serve(args.run, args.host, args.port, args.max_image_mb)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmsent.reporting.report import build_report
+
+    html_path, md_path, sections = build_report(args.runs, args.out, args.data_report)
+    print(f"report: {html_path} ({len(sections)} sections: {', '.join(sections)})")
+    print(f"markdown: {md_path}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -148,6 +175,8 @@ COMMANDS = {
     "run": cmd_run,
     "data": cmd_data,
     "models": cmd_models,
+    "serve": cmd_serve,
+    "report": cmd_report,
 }
 
 
