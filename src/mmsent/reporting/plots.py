@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -68,3 +69,18 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], path:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest")
     ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def plot_class_counts(counts: dict[str, int], out: Path | BinaryIO) -> None:
+    """Bar chart of posts per class (a path, or a binary file such as BytesIO for embedding)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3))
+    bars = ax.bar(list(counts), list(counts.values()), color=["tab:red", "tab:gray", "tab:green"][: len(counts)])
+    ax.bar_label(bars)
+    ax.set(ylabel="posts", title="Labelled posts per class")
+    ax.margins(y=0.15)
+    if isinstance(out, Path):
+        _save(fig, out)
+        return
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, format="png")
+    plt.close(fig)
