@@ -193,3 +193,79 @@ def test_service_survives_bad_input(client: TestClient):
 
 def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
     assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
+
+
+# ---- the web page in a real browser ----
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def live_service(tiny_run: Path):
+    """The app served by uvicorn on a free loopback port, in a thread; stopped after the test."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from mmsent.serve.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this very socket
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_run), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_web_page_in_chromium(live_service: str, tmp_path: Path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does) to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: pip install -e '.[dev]'")
+    import httpx
+
+    image = tmp_path / "post.jpg"
+    image.write_bytes(jpeg("positive", 11, (128, 96)))
+    text = "what a beautiful happy day"
+    expected = httpx.post(f"{live_service}/predict", files={"image": ("post.jpg", image.read_bytes(), "image/jpeg")},
+                          data={"text": text}, timeout=30).json()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 800, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(live_service + "/")
+            page.set_input_files("#image", str(image))
+            page.fill("#text", text)
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+            shown_tag = page.text_content("#tag")
+            bars = page.eval_on_selector_all(
+                ".bar-row", "rows => rows.map(r => [r.dataset.label, r.querySelector('.bar-value').textContent,"
+                " r.querySelector('.bar-fill').style.width])")
+            thumb_width = page.eval_on_selector("#thumb", "img => img.hidden ? 0 : img.naturalWidth")
+            page.wait_for_function("document.getElementById('model-name').textContent.length > 0")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert shown_tag == expected["tag"]
+    assert [label for label, _, _ in bars] == list(LABELS)
+    for label, value, width in bars:
+        assert value == f"{100 * expected['probabilities'][label]:.1f}%"
+        assert float(width.rstrip("%")) == pytest.approx(float(value.rstrip("%")))  # bar length = probability
+    assert thumb_width == 128  # the thumbnail shows the chosen image
+    assert (tmp_path / "page.png").stat().st_size > 10_000
