@@ -69,7 +69,7 @@ def test_report_from_a_run_and_experiments(trained_run, tmp_path: Path):
         assert command in html
     # numbers come from the files: the run's metrics.json and each results.csv
     metrics = json.loads((run / "metrics.json").read_text())
-    assert f"{metrics['macro_f1']:.4f}".rstrip("0") in html
+    assert f"<dd>{metrics['macro_f1']:.4f}</dd>" in html
     assert "0.6123" in html and "minilm+concat" in html and "0.01" in html
     # self-contained: every image embedded, nothing fetched from the network
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)

@@ -135,8 +135,8 @@ def test_web_page_and_its_files_are_served(client: TestClient):
     [
         ("no image", 422, ["image: is missing or empty"]),
         ("empty image", 400, ["empty"]),
-        ("not an image", 400, ["not a usable image"]),
-        ("truncated image", 400, ["not a usable image"]),
+        ("not an image", 400, ["not an image format"]),
+        ("truncated image", 400, ["cannot be decoded"]),
         ("too large", 413, ["over the limit"]),
         ("decompression bomb", 400, ["decompression bomb"]),
         ("no text", 422, ["text: is missing or empty"]),

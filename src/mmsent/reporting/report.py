@@ -167,7 +167,9 @@ def fmt(value: object) -> str:
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".")  # 0.7139, 7.62, 191.4
+        if abs(value) <= 1:
+            return f"{value:.4f}"  # scores and probabilities: aligned columns
+        return f"{value:.4f}".rstrip("0").rstrip(".")  # 7.62 s, 191.4 s
     if isinstance(value, str):
         try:
             number = float(value)

@@ -172,7 +172,10 @@ class Predictor:
             # draft decoding keeps this cheap for JPEG; errors (truncation, bombs) surface all the same
             open_image(data, max_pixels=self.max_pixels, draft_size=256)
         except ImageReadError as exc:
-            raise HTTPException(400, f"image {filename!r}: the upload is not a usable image ({exc})") from None
+            reason = str(exc)
+            if "cannot identify image file" in reason:  # PIL's words name an in-memory buffer, not the upload
+                reason = "not an image format that can be read (JPEG, PNG, GIF, WebP, BMP, ...)"
+            raise HTTPException(400, f"image {filename!r}: {reason}") from None
 
     def check_text(self, text: str) -> str:
         text = text.strip()
@@ -342,5 +345,7 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_image_mb
     import uvicorn
 
     app = create_app(run_dir, max_image_mb=max_image_mb)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
     print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(app, host=host, port=port, log_level="info")
