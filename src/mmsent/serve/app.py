@@ -285,6 +285,8 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodySizeLimit, settings=settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # both prediction routes: multipart only, and their 4xx answers documented in the OpenAPI description
+    POST_OPTIONS = {"responses": ERRORS, "dependencies": [Depends(require_multipart)]}  # noqa: N806
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -301,8 +303,7 @@ def create_app(
     @app.post(
         "/predict",
         response_model=Prediction,
-        responses=ERRORS,
-        dependencies=[Depends(require_multipart)],
+        **POST_OPTIONS,
         summary="predict the sentiment of one post (image + text)",
     )
     async def predict(
@@ -315,8 +316,7 @@ def create_app(
     @app.post(
         "/predict/batch",
         response_model=BatchPrediction,
-        responses=ERRORS,
-        dependencies=[Depends(require_multipart)],
+        **POST_OPTIONS,
         summary="predict several posts in one model batch: the i-th image goes with the i-th text",
     )
     async def predict_batch(
@@ -347,5 +347,5 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_image_mb
     app = create_app(run_dir, max_image_mb=max_image_mb)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
-    print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (API docs at /docs)")
+    print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (OpenAPI description at /openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="info")
