@@ -38,3 +38,25 @@ def test_classifier_standardises_with_training_statistics():
     assert grouped["text"].shape == (50, 3) and grouped["image"].shape == (50, 2)
     assert torch.allclose(grouped["text"].mean(0), torch.zeros(3), atol=1e-5)
     assert torch.allclose(grouped["image"], torch.zeros(50, 2))
+
+
+ALL_POOLED_HEADS = ["concat", "ln", "mlp", "gated", "late"]
+
+
+@pytest.mark.parametrize("name", ALL_POOLED_HEADS)
+def test_every_head_shape_gradients_and_single_modality(name: str):
+    head = create_head(name, {"text": 8, "image": 5}, 3, hidden_dim=16, dropout=0.1)
+    head.train()
+    out = head({"text": torch.randn(4, 8), "image": torch.randn(4, 5)})
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    for modality, dim in (("text", 8), ("image", 5)):
+        single = create_head(name, {modality: dim}, 3, hidden_dim=16)
+        assert single({modality: torch.randn(2, dim)}).shape == (2, 3)
+
+
+def test_late_head_weights_start_equal():
+    head = create_head("late", {"text": 4, "image": 4}, 3)
+    assert head.modality_weights() == {"image": 0.5, "text": 0.5}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -67,3 +69,25 @@ class FusionClassifier(nn.Module):
     def spec(self) -> dict:
         """What rebuilding this module needs besides its weights."""
         return {"encoder_dims": self.encoder_dims, "encoder_modalities": self.encoder_modalities}
+
+
+class MultimodalModel(nn.Module):
+    """Encoders and fusion classifier end to end, for fine-tuning: inputs {encoder: batch} -> logits."""
+
+    def __init__(self, encoders: dict[str, nn.Module], classifier: FusionClassifier):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.classifier = classifier
+
+    def forward_features(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{encoder: collated batch} -> {encoder: (B, D_enc)}."""
+        return {name: self.encoders[name](batch) for name, batch in inputs.items()}
+
+    def forward_head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(features)  # (B, C)
+
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoders.parameters()]

@@ -36,6 +36,35 @@ def save_checkpoint(run_dir: Path, cfg: Config, classifier: FusionClassifier, en
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
 
 
+ENCODERS_FILE = "encoders.safetensors"
+
+
+def save_encoder_weights(run_dir: Path, encoders: dict) -> None:
+    """Fine-tuned encoder weights as `{encoder}.{parameter}` tensors."""
+    tensors = {
+        f"{name}.{key}": value.detach().contiguous().cpu()
+        for name, encoder in encoders.items()
+        for key, value in encoder.state_dict().items()
+    }
+    save_file(tensors, str(run_dir / ENCODERS_FILE), metadata={"mmsent_version": __version__})
+
+
+def load_encoder_weights(run_dir: Path, encoders: dict) -> None:
+    """Load fine-tuned encoder weights strictly; the digest keys their feature cache."""
+    import hashlib
+
+    path = run_dir / ENCODERS_FILE
+    if not path.is_file():
+        raise MmsentError(f"{run_dir} is a fine-tuned run but {ENCODERS_FILE} is missing")
+    tensors = load_file(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    for name, encoder in encoders.items():
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        encoder.load_state_dict(state, strict=True)
+        encoder.tuned_digest = digest
+
+
 def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, dict]]:
     """Rebuild config, classifier (strict load) and fitted encoder state from a run folder."""
     run_dir = Path(run_dir)

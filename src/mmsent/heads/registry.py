@@ -21,7 +21,7 @@ def register_head(name: str) -> Callable:
 
 
 def _ensure_builtins() -> None:
-    from mmsent.heads import concat  # noqa: F401
+    from mmsent.heads import concat, gated, late  # noqa: F401
 
 
 def list_heads() -> dict[str, str]:
