@@ -60,3 +60,28 @@ def test_every_head_shape_gradients_and_single_modality(name: str):
 def test_late_head_weights_start_equal():
     head = create_head("late", {"text": 4, "image": 4}, 3)
     assert head.modality_weights() == {"image": 0.5, "text": 0.5}
+
+
+def test_cross_attention_on_tokens_with_padding():
+    head = create_head("cross_attention", {"text": 8, "image": 6}, 3, hidden_dim=16, dropout=0.0)
+    text = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    image = torch.randn(2, 4, 6)
+    feats = {"text": (text, mask), "image": (image, torch.ones(2, 4, dtype=torch.bool))}
+    head.eval()
+    out = head(feats)
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None]
+    assert not missing, missing
+    # padded positions do not change the result
+    text2 = text.clone()
+    text2[0, 3:] = 100.0
+    assert torch.allclose(head({"text": (text2, mask), "image": feats["image"]}), out, atol=1e-5)
+
+
+def test_cross_attention_accepts_pooled_and_single_modality():
+    head = create_head("cross_attention", {"text": 8, "image": 6}, 3, hidden_dim=16)
+    assert head({"text": torch.randn(3, 8), "image": torch.randn(3, 6)}).shape == (3, 3)
+    single = create_head("cross_attention", {"image": 6}, 3, hidden_dim=16)
+    assert single({"image": (torch.randn(2, 4, 6), torch.ones(2, 4, dtype=torch.bool))}).shape == (2, 3)

@@ -19,7 +19,8 @@ from mmsent.data.records import TEST_LIST, DataSet, Record, load_dataset, load_r
 from mmsent.data.splits import stratified_split
 from mmsent.encoders import Encoder, create_encoder
 from mmsent.encoders.registry import encoder_accepts
-from mmsent.encoders.features import EncodeStats, encode_records
+from mmsent.heads.registry import head_is_token_level
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, has_tokens, token_dim
 from mmsent.engine.checkpoint import (
     build_classifier,
     load_checkpoint,
@@ -62,15 +63,38 @@ def build_encoders(cfg: Config, architecture_only: bool = False) -> dict[str, En
 
 
 def extract_features(
-    encoders: dict[str, Encoder], records: list[Record], cfg: Config, quiet: bool = False, use_cache: bool = True
+    encoders: dict[str, Encoder],
+    records: list[Record],
+    cfg: Config,
+    quiet: bool = False,
+    use_cache: bool = True,
+    token_encoders: list[str] | tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], list[EncodeStats]]:
-    """{encoder: (N, D)} for records, through the feature cache unless use_cache is False."""
+    """{encoder: (N, D)} for records, through the feature cache unless use_cache is False.
+
+    Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (in memory).
+    """
     features, stats = {}, []
     cache_root = cfg.cache_path() if use_cache else None
     for name, encoder in encoders.items():
+        if name in token_encoders:
+            features[name], features[f"{name}.mask"] = encode_tokens(encoder, records, cfg, quiet)
+            stats.append(EncodeStats(name, len(records), 0, len(records)))
+            continue
         features[name], stat = encode_records(encoder, records, cfg, cache_root, quiet=quiet)
         stats.append(stat)
     return features, stats
+
+
+def choose_token_encoders(cfg: Config, encoders: dict[str, Encoder]) -> list[str]:
+    """For a token-level head: the first encoder with token features in each modality."""
+    if not head_is_token_level(cfg.model.head):
+        return []
+    chosen: dict[str, str] = {}
+    for name, encoder in encoders.items():
+        if has_tokens(encoder) and encoder.modality not in chosen:
+            chosen[encoder.modality] = name
+    return list(chosen.values())
 
 
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,7 +181,8 @@ def train(
     encoders = build_encoders(cfg)
     for encoder in encoders.values():
         encoder.fit(train_records, cfg)  # stateful encoders learn from the training split only
-    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet)
+    token_encoders = choose_token_encoders(cfg, encoders)
+    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet, token_encoders=token_encoders)
     encode_seconds = time.perf_counter() - t_enc
     n_train = len(train_records)
     train_feats = _subset(feats, np.arange(n_train))
@@ -166,7 +191,10 @@ def train(
 
     seed_everything(cfg.train.seed)
     classifier = build_classifier(
-        cfg, {n: e.dim for n, e in encoders.items()}, {n: e.modality for n, e in encoders.items()}
+        cfg,
+        {n: token_dim(e) if n in token_encoders else e.dim for n, e in encoders.items()},
+        {n: e.modality for n, e in encoders.items()},
+        token_encoders,
     )
     classifier.fit_scaler(train_feats)  # from the (frozen) training features, in both modes
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
@@ -265,7 +293,9 @@ class LoadedRun:
 
     def features(self, records: list[Record], quiet: bool = False, use_cache: bool = True) -> dict[str, np.ndarray]:
         """{encoder: (N, D)} for records (cached unless use_cache is False, e.g. for perturbed inputs)."""
-        feats, _ = extract_features(self.encoders, records, self.cfg, quiet, use_cache)
+        feats, _ = extract_features(
+            self.encoders, records, self.cfg, quiet, use_cache, token_encoders=self.classifier.token_encoders
+        )
         return feats
 
     def predict_features(self, feats: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) -> np.ndarray:
@@ -299,9 +329,10 @@ def load_run(run_dir: Path) -> LoadedRun:
     if tuned:
         load_encoder_weights(Path(run_dir), encoders)
     for name, encoder in encoders.items():
-        if encoder.dim != classifier.encoder_dims.get(name):
+        expected = token_dim(encoder) if name in classifier.token_encoders else encoder.dim
+        if expected != classifier.encoder_dims.get(name):
             raise MmsentError(
-                f"{run_dir}: encoder {name!r} gives {encoder.dim}-d features, the checkpoint expects "
+                f"{run_dir}: encoder {name!r} gives {expected}-d features, the checkpoint expects "
                 f"{classifier.encoder_dims.get(name)}"
             )
     return LoadedRun(Path(run_dir), cfg, classifier, encoders)

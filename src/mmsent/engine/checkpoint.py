@@ -22,8 +22,12 @@ def head_kwargs(cfg: Config) -> dict:
     return {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
 
 
-def build_classifier(cfg: Config, encoder_dims: dict[str, int], encoder_modalities: dict[str, str]) -> FusionClassifier:
-    return FusionClassifier(encoder_dims, encoder_modalities, cfg.model.head, head_kwargs(cfg), len(LABELS))
+def build_classifier(
+    cfg: Config, encoder_dims: dict[str, int], encoder_modalities: dict[str, str], token_encoders: list[str] | None = None
+) -> FusionClassifier:
+    return FusionClassifier(
+        encoder_dims, encoder_modalities, cfg.model.head, head_kwargs(cfg), len(LABELS), token_encoders
+    )
 
 
 def save_checkpoint(run_dir: Path, cfg: Config, classifier: FusionClassifier, encoder_state: dict[str, dict]) -> None:
@@ -75,7 +79,7 @@ def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, 
     spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
     if tuple(spec["labels"]) != LABELS:
         raise MmsentError(f"{run_dir}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
-    classifier = build_classifier(cfg, spec["encoder_dims"], spec["encoder_modalities"])
+    classifier = build_classifier(cfg, spec["encoder_dims"], spec["encoder_modalities"], spec.get("token_encoders"))
     classifier.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)), strict=True)
     classifier.eval()
     return cfg, classifier, spec.get("encoder_state", {})
