@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,15 +25,18 @@ def run_once(data: Path, out: Path, cache: Path, overrides: list[str]) -> dict:
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, MMSENT_CACHE=str(cache))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak RSS
     wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"mmsent run failed with exit code {proc.returncode}")
+    peak_kb = usage.ru_maxrss
     metrics = json.loads((out / "metrics.json").read_text())
     return {
         "wall_seconds": round(wall, 1),
-        "peak_rss_mb": round(max(peak_kb, before) / 1024),  # ru_maxrss is the largest child so far
+        "peak_rss_mb": round(peak_kb / 1024),
         "val_accuracy": round(metrics["accuracy"], 4),
         "val_macro_f1": round(metrics["macro_f1"], 4),
         "encode_seconds": metrics["encode_seconds"],
