@@ -107,11 +107,15 @@ def test_batch_runs_pairs_in_order(client: TestClient):
         assert got["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
 
 
-def test_health_model_and_openapi(client: TestClient, tiny_run: Path):
+def test_health_model_and_openapi(client: TestClient, tiny_run: Path, tmp_path: Path):
     assert client.get("/health").json() == {"status": "ok", "model": tiny_run.name}
     info = client.get("/model").json()
     assert info["encoders"] == ["vader", "efficientnet_lite0"] and info["head"] == "concat"
-    assert info["labels"] == list(LABELS)
+    assert info["labels"] == list(LABELS) and info["preset"] is None
+    from mmsent.serve.app import run_preset
+
+    (tmp_path / "experiment.json").write_text('{"kind": "train", "command": "mmsent train --preset tfidf_resnet18 --out r"}')
+    assert run_preset(tmp_path) == "tfidf_resnet18"
     assert 0 <= info["validation"]["macro_f1"] <= 1 and info["validation"]["n"] > 0
     assert info["limits"]["max_image_bytes"] == 1024 * 1024
     spec = client.get("/openapi.json").json()

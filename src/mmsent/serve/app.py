@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import threading
 import uuid
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from mmsent import LABELS, __version__
 from mmsent.data.images import ImageReadError, open_image
 from mmsent.data.records import Record
 from mmsent.errors import MmsentError
+from mmsent.experiments.common import read_manifest
 
 STATIC_DIR = Path(str(files("mmsent.serve") / "static"))
 UPLOAD_PATH = Path("<upload>")  # uploads live in memory; this only names them in messages
@@ -225,7 +227,7 @@ class Predictor:
             validation = ValidationMetrics.model_validate(json.loads(metrics_path.read_text(encoding="utf-8")))
         return ModelInfo(
             name=self.name,
-            preset=getattr(cfg.model, "preset", None),
+            preset=run_preset(self.run.run_dir),
             encoders=list(cfg.model.encoders),
             head=cfg.model.head,
             labels=list(LABELS),
@@ -247,6 +249,20 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
         field = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
         parts.append(f"{field}: {err.get('msg', 'invalid')}".replace("Field required", "is missing or empty"))
     return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+
+def run_preset(run_dir: Path) -> str | None:
+    """The preset a run was trained from: its manifest's field, else `--preset` of its command."""
+    manifest = read_manifest(run_dir) or {}
+    if manifest.get("preset"):
+        return str(manifest["preset"])
+    args = shlex.split(manifest.get("command", ""))
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def require_multipart(request: Request) -> None:
