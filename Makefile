@@ -7,6 +7,13 @@ BIN     = $(VENV)/bin
 
 .PHONY: run test bench clean
 
+# `make run` without the data set stops at once with one line saying where it goes.
+ifneq ($(filter run bench,$(MAKECMDGOALS)),)
+ifeq ($(wildcard $(DATA)/train.txt),)
+$(error No data set at $(DATA): put MVSA there (data/{guid}.txt, data/{guid}.jpg, train.txt, test_without_label.txt), or run make run DATA=/path/to/mvsa)
+endif
+endif
+
 $(BIN)/mmsent: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -15,9 +22,6 @@ $(BIN)/mmsent: pyproject.toml
 	touch $@
 
 run: $(BIN)/mmsent
-	@if [ ! -f "$(DATA)/train.txt" ] || [ ! -d "$(DATA)/data" ]; then \
-	  echo "No data set at $(DATA): put MVSA there (data/{guid}.txt, data/{guid}.jpg, train.txt, test_without_label.txt) or run make run DATA=/path/to/mvsa"; \
-	  exit 2; fi
 	$(BIN)/mmsent run --data $(DATA) --out $(OUT)
 
 test: $(BIN)/mmsent

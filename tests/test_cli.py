@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mmsent.api import load_run
@@ -149,3 +150,50 @@ def test_models_lists_encoders_and_heads(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "minilm" in out and "concat" in out
+
+
+def test_finetune_mode_trains_backbones_and_round_trips(dataset: Path, tmp_path: Path):
+    out = tmp_path / "ft"
+    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet",
+            "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "train.mode=finetune",
+            "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.freeze_epochs=1",
+            "--set", "runtime.num_workers=0"]
+    assert main(args) == 0
+    assert (out / "encoders.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainable_parameters"] > 3_000_000  # the backbone trained too
+    tuned = load_file(str(out / "encoders.safetensors"))
+    from mmsent.encoders import create_encoder
+
+    base = create_encoder("efficientnet_lite0").state_dict()
+    changed = [k for k, v in base.items() if not torch.equal(v, tuned[f"efficientnet_lite0.{k}"])]
+    assert changed  # weights moved after the frozen first epoch
+    listing = dataset / "test_without_label.txt"
+    pred = tmp_path / "p.txt"
+    assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids", str(listing), "--out", str(pred), "--quiet"]) == 0
+    assert len(pred.read_text().splitlines()) == 7
+
+
+def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tmp_path: Path, capsys, monkeypatch):
+    from mmsent import presets
+
+    monkeypatch.setitem(presets.PRESETS, "tiny_vader_effnet", {
+        "description": "test", "config": {"model": {"encoders": ["vader", "efficientnet_lite0"]}}})
+    monkeypatch.setitem(presets.PRESETS, "tiny_missing", {
+        "description": "test", "config": {"model": {"encoders": ["vader", "efficientnet_lite0"],
+                                                     "encoder_options": {"efficientnet_lite0": {"weights_path": "/nope.pth"}}}}})
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", str(dataset), "--out", str(out), "--presets", "tiny_vader_effnet,tiny_missing",
+            "--ablate", "tiny_vader_effnet", "--quiet", "--set", "train.epochs=2"]
+    assert main(args) == 0
+    from mmsent.experiments.common import read_manifest, read_table
+
+    rows = read_table(out / "results.csv")
+    assert [r["preset"] for r in rows] == ["tiny_vader_effnet", "tiny_vader_effnet (text only)",
+                                           "tiny_vader_effnet (image only)", "tiny_missing"]
+    assert all(r["status"] == "ok" for r in rows[:3])
+    assert rows[3]["status"].startswith("weights missing") and "/nope.pth" in rows[3]["status"]
+    assert float(rows[1]["params_m"]) < float(rows[0]["params_m"])
+    for fig in ("metrics.png", "val_curves.png", "params_vs_time.png", "results.md"):
+        assert (out / fig).is_file()
+    assert read_manifest(out)["kind"] == "compare"

@@ -38,3 +38,50 @@ def test_classifier_standardises_with_training_statistics():
     assert grouped["text"].shape == (50, 3) and grouped["image"].shape == (50, 2)
     assert torch.allclose(grouped["text"].mean(0), torch.zeros(3), atol=1e-5)
     assert torch.allclose(grouped["image"], torch.zeros(50, 2))
+
+
+ALL_POOLED_HEADS = ["concat", "ln", "mlp", "gated", "late"]
+
+
+@pytest.mark.parametrize("name", ALL_POOLED_HEADS)
+def test_every_head_shape_gradients_and_single_modality(name: str):
+    head = create_head(name, {"text": 8, "image": 5}, 3, hidden_dim=16, dropout=0.1)
+    head.train()
+    out = head({"text": torch.randn(4, 8), "image": torch.randn(4, 5)})
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    for modality, dim in (("text", 8), ("image", 5)):
+        single = create_head(name, {modality: dim}, 3, hidden_dim=16)
+        assert single({modality: torch.randn(2, dim)}).shape == (2, 3)
+
+
+def test_late_head_weights_start_equal():
+    head = create_head("late", {"text": 4, "image": 4}, 3)
+    assert head.modality_weights() == {"image": 0.5, "text": 0.5}
+
+
+def test_cross_attention_on_tokens_with_padding():
+    head = create_head("cross_attention", {"text": 8, "image": 6}, 3, hidden_dim=16, dropout=0.0)
+    text = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    image = torch.randn(2, 4, 6)
+    feats = {"text": (text, mask), "image": (image, torch.ones(2, 4, dtype=torch.bool))}
+    head.eval()
+    out = head(feats)
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    missing = [n for n, p in head.named_parameters() if p.grad is None]
+    assert not missing, missing
+    # padded positions do not change the result
+    text2 = text.clone()
+    text2[0, 3:] = 100.0
+    assert torch.allclose(head({"text": (text2, mask), "image": feats["image"]}), out, atol=1e-5)
+
+
+def test_cross_attention_accepts_pooled_and_single_modality():
+    head = create_head("cross_attention", {"text": 8, "image": 6}, 3, hidden_dim=16)
+    assert head({"text": torch.randn(3, 8), "image": torch.randn(3, 6)}).shape == (3, 3)
+    single = create_head("cross_attention", {"image": 6}, 3, hidden_dim=16)
+    assert single({"image": (torch.randn(2, 4, 6), torch.ones(2, 4, dtype=torch.bool))}).shape == (2, 3)

@@ -20,13 +20,22 @@ from mmsent.data.labels import write_label_file
 from mmsent.data.records import TEST_LIST, DataSet, Record, load_dataset, load_records, require_data_dir
 from mmsent.data.splits import stratified_split
 from mmsent.encoders import Encoder, create_encoder
-from mmsent.encoders.features import EncodeStats, encode_records
-from mmsent.engine.checkpoint import build_classifier, load_checkpoint, save_checkpoint
+from mmsent.encoders.registry import encoder_accepts
+from mmsent.heads.registry import head_is_token_level
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, has_tokens, token_dim
+from mmsent.engine.checkpoint import (
+    build_classifier,
+    load_checkpoint,
+    load_encoder_weights,
+    save_checkpoint,
+    save_encoder_weights,
+)
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
 from mmsent.engine.trainer import FeatureBatches, FitResult, fit, predict_proba, seed_everything
 from mmsent.errors import DataError, MmsentError
-from mmsent.model import FusionClassifier
+from mmsent.data.dataset import record_batches
+from mmsent.model import FusionClassifier, MultimodalModel
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -40,21 +49,54 @@ def apply_runtime(cfg: Config) -> None:
         torch.set_num_threads(cfg.runtime.threads)
 
 
-def build_encoders(cfg: Config) -> dict[str, Encoder]:
-    """Create every encoder of the config by name, with its options."""
-    return {name: create_encoder(name, **cfg.model.encoder_options.get(name, {})) for name in cfg.model.encoders}
+def build_encoders(cfg: Config, architecture_only: bool = False) -> dict[str, Encoder]:
+    """Create every encoder of the config by name, with its options.
+
+    architecture_only builds encoders that take a `pretrained` option without their pretrained
+    weights (used when a fine-tuned checkpoint supplies them).
+    """
+    encoders = {}
+    for name in cfg.model.encoders:
+        options = dict(cfg.model.encoder_options.get(name, {}))
+        if architecture_only and encoder_accepts(name, "pretrained"):
+            options["pretrained"] = False
+        encoders[name] = create_encoder(name, **options)
+    return encoders
 
 
 def extract_features(
-    encoders: dict[str, Encoder], records: list[Record], cfg: Config, quiet: bool = False, use_cache: bool = True
+    encoders: dict[str, Encoder],
+    records: list[Record],
+    cfg: Config,
+    quiet: bool = False,
+    use_cache: bool = True,
+    token_encoders: list[str] | tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], list[EncodeStats]]:
-    """{encoder: (N, D)} for records, through the feature cache unless use_cache is False."""
+    """{encoder: (N, D)} for records, through the feature cache unless use_cache is False.
+
+    Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (in memory).
+    """
     features, stats = {}, []
     cache_root = cfg.cache_path() if use_cache else None
     for name, encoder in encoders.items():
+        if name in token_encoders:
+            features[name], features[f"{name}.mask"] = encode_tokens(encoder, records, cfg, quiet)
+            stats.append(EncodeStats(name, len(records), 0, len(records)))
+            continue
         features[name], stat = encode_records(encoder, records, cfg, cache_root, quiet=quiet)
         stats.append(stat)
     return features, stats
+
+
+def choose_token_encoders(cfg: Config, encoders: dict[str, Encoder]) -> list[str]:
+    """For a token-level head: the first encoder with token features in each modality."""
+    if not head_is_token_level(cfg.model.head):
+        return []
+    chosen: dict[str, str] = {}
+    for name, encoder in encoders.items():
+        if has_tokens(encoder) and encoder.modality not in chosen:
+            chosen[encoder.modality] = name
+    return list(chosen.values())
 
 
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -114,13 +156,14 @@ def train(
     dataset: DataSet | None = None,
     split: tuple[list[Record], list[Record]] | None = None,
     extra_train: list[Record] | None = None,
+    callbacks: list | None = None,
 ) -> TrainResult:
     """Train a model and write the complete run folder to out_dir.
 
     By default the train list of data_dir is split by data.val_fraction / data.split_seed;
     `split` gives explicit (train, validation) records instead (k-fold mining), and
     `extra_train` and the folders of cfg.data.augment add records (augmented copies) to training.
-    The leak guard checks all of it.
+    The leak guard checks all of it. `callbacks` see each epoch's record (a search pruner, for example).
     """
     t_start = time.perf_counter()
     apply_runtime(cfg)
@@ -141,7 +184,8 @@ def train(
     encoders = build_encoders(cfg)
     for encoder in encoders.values():
         encoder.fit(train_records, cfg)  # stateful encoders learn from the training split only
-    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet)
+    token_encoders = choose_token_encoders(cfg, encoders)
+    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet, token_encoders=token_encoders)
     encode_seconds = time.perf_counter() - t_enc
     n_train = len(train_records)
     train_feats = _subset(feats, np.arange(n_train))
@@ -150,15 +194,21 @@ def train(
 
     seed_everything(cfg.train.seed)
     classifier = build_classifier(
-        cfg, {n: e.dim for n, e in encoders.items()}, {n: e.modality for n, e in encoders.items()}
+        cfg,
+        {n: token_dim(e) if n in token_encoders else e.dim for n, e in encoders.items()},
+        {n: e.modality for n, e in encoders.items()},
+        token_encoders,
     )
-    classifier.fit_scaler(train_feats)
+    classifier.fit_scaler(train_feats)  # from the (frozen) training features, in both modes
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
-    train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-    val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
-    result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, quiet=quiet)
-
-    probs, _, _ = predict_proba(classifier, val_batches)
+    if cfg.train.mode == "finetune":
+        model = MultimodalModel(encoders, classifier)
+        result, probs = _fit_finetune(model, train_records, val_records, y_train, y_val, loss_fn, cfg, quiet, callbacks)
+    else:
+        train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+        val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
+        result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
+        probs, _, _ = predict_proba(classifier, val_batches)
     metrics = compute_metrics(y_val, probs)
     timings = {
         "encode_seconds": round(encode_seconds, 2),
@@ -170,12 +220,16 @@ def train(
         epochs_run=len(result.history),
         n_train=n_train,
         n_val=len(val_records),
-        parameters=sum(p.numel() for p in classifier.parameters()),
+        parameters=count_parameters(classifier) + sum(count_parameters(e) for e in encoders.values()),
+        trainable_parameters=count_parameters(classifier)
+        + (sum(count_parameters(e) for e in encoders.values()) if cfg.train.mode == "finetune" else 0),
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         **timings,
     )
     encoder_state = {n: e.extra_state_dict() for n, e in encoders.items() if e.extra_state_dict()}
     save_checkpoint(out_dir, cfg, classifier, encoder_state)
+    if cfg.train.mode == "finetune":
+        save_encoder_weights(out_dir, encoders)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (out_dir / "split.json").write_text(
         json.dumps({"train": [r.guid for r in train_records], "val": [r.guid for r in val_records]}), encoding="utf-8"
@@ -184,6 +238,51 @@ def train(
     write_probabilities(val_records, probs, out_dir / "val_predictions.csv")
     write_run_plots(out_dir, result.history, result.best_epoch, y_val, probs, metrics)
     return TrainResult(out_dir, metrics, result, [r.guid for r in train_records], [r.guid for r in val_records], timings)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _fit_finetune(
+    model: MultimodalModel,
+    train_records: list[Record],
+    val_records: list[Record],
+    y_train: np.ndarray,
+    y_val: np.ndarray,
+    loss_fn: torch.nn.Module,
+    cfg: Config,
+    quiet: bool,
+    callbacks: list | None = None,
+) -> tuple[FitResult, np.ndarray]:
+    """Train encoders and head end to end through Accelerate; backbones frozen for freeze_epochs."""
+    from accelerate import Accelerator
+
+    t = cfg.train
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
+    encoders = dict(model.encoders.items())
+    train_batches = record_batches(train_records, y_train, encoders, cfg, True, t.batch_size, seed=t.seed)
+    val_batches = record_batches(val_records, y_val, encoders, cfg, False, cfg.runtime.encode_batch_size)
+    backbone = model.backbone_parameters()
+    groups = [{"params": list(model.classifier.parameters()), "lr": t.lr}]
+    if backbone:
+        groups.append({"params": backbone, "lr": t.backbone_lr})
+
+    def set_backbone_trainable(flag: bool) -> None:
+        for p in backbone:
+            p.requires_grad_(flag)
+
+    def unfreeze_after(record: dict) -> None:
+        if record["epoch"] == t.freeze_epochs:
+            set_backbone_trainable(True)
+
+    set_backbone_trainable(t.freeze_epochs == 0)
+    result = fit(model, train_batches, val_batches, loss_fn, t, param_groups=groups,
+                 callbacks=[unfreeze_after, *(callbacks or [])], quiet=quiet, accelerator=accelerator)
+    set_backbone_trainable(True)
+    probs, _, _ = predict_proba(model, val_batches, accelerator.device)
+    model.to("cpu")
+    return result, probs
 
 
 @dataclass
@@ -197,7 +296,9 @@ class LoadedRun:
 
     def features(self, records: list[Record], quiet: bool = False, use_cache: bool = True) -> dict[str, np.ndarray]:
         """{encoder: (N, D)} for records (cached unless use_cache is False, e.g. for perturbed inputs)."""
-        feats, _ = extract_features(self.encoders, records, self.cfg, quiet, use_cache)
+        feats, _ = extract_features(
+            self.encoders, records, self.cfg, quiet, use_cache, token_encoders=self.classifier.token_encoders
+        )
         return feats
 
     def predict_features(self, feats: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) -> np.ndarray:
@@ -212,24 +313,31 @@ class LoadedRun:
             self.classifier.drop_modalities = frozenset()
         return probs
 
-    def predict_proba(self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset()) -> np.ndarray:
-        """Class probabilities (N, C) in LABELS order."""
+    def predict_proba(
+        self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset(), use_cache: bool = True
+    ) -> np.ndarray:
+        """Class probabilities (N, C) in LABELS order; use_cache=False keeps one-off inputs (uploads) off disk."""
         if not records:
             return np.zeros((0, len(LABELS)), dtype=np.float32)
-        return self.predict_features(self.features(records, quiet), drop)
+        return self.predict_features(self.features(records, quiet, use_cache), drop)
 
 
 def load_run(run_dir: Path) -> LoadedRun:
     """Rebuild a trained run from its folder; nothing else is needed."""
     cfg, classifier, encoder_state = load_checkpoint(Path(run_dir))
     apply_runtime(cfg)
-    encoders = build_encoders(cfg)
+    tuned = cfg.train.mode == "finetune"
+    # fine-tuned weights replace the named ones, so those need not be available again
+    encoders = build_encoders(cfg, architecture_only=tuned)
     for name, state in encoder_state.items():
         encoders[name].load_extra_state_dict(state)
+    if tuned:
+        load_encoder_weights(Path(run_dir), encoders)
     for name, encoder in encoders.items():
-        if encoder.dim != classifier.encoder_dims.get(name):
+        expected = token_dim(encoder) if name in classifier.token_encoders else encoder.dim
+        if expected != classifier.encoder_dims.get(name):
             raise MmsentError(
-                f"{run_dir}: encoder {name!r} gives {encoder.dim}-d features, the checkpoint expects "
+                f"{run_dir}: encoder {name!r} gives {expected}-d features, the checkpoint expects "
                 f"{classifier.encoder_dims.get(name)}"
             )
     return LoadedRun(Path(run_dir), cfg, classifier, encoders)

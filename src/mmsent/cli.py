@@ -13,7 +13,9 @@ from mmsent.errors import MmsentError
 from mmsent.experiments.common import command_line, write_manifest
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
+    if preset:
+        p.add_argument("--preset", help="start from a named preset (see `mmsent models`)")
     p.add_argument("--config", type=Path, help="YAML config file (defaults are used for missing keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
@@ -64,7 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
 
-    sub.add_parser("models", help="list encoders and heads")
+    p = sub.add_parser("compare", help="train several presets on one split and tabulate them")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--presets", required=True, help="comma-separated preset names")
+    p.add_argument("--ablate", default=None,
+                   help="comma-separated presets that also get text-only and image-only rows "
+                        "(default: tfidf_resnet18 when compared)")
+    _add_config_args(p, preset=False)
+    _add_common(p)
+
+    sub.add_parser("models", help="list encoders, heads and presets")
+
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: JSON API and a web page")
+    p.add_argument("--run", type=Path, required=True, help="trained run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image upload, in MB")
+
+    p = sub.add_parser("report", help="build an HTML report (and a Markdown twin) from run and experiment folders")
+    p.add_argument("--runs", type=Path, nargs="+", required=True, help="run / experiment folders, or folders holding them")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write; report.md goes beside it")
+    p.add_argument("--data-report", type=Path, help="JSON written by `mmsent data check`")
     _add_badcase_parsers(sub)
     return parser
 
@@ -101,7 +124,7 @@ def _config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if getattr(args, "on_error", None):
         overrides.append(f"data.on_error={args.on_error}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, preset=getattr(args, "preset", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -163,6 +186,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from mmsent.encoders import list_encoders
     from mmsent.heads import list_heads
+    from mmsent.presets import list_presets
 
     print("encoders:")
     for name, desc in list_encoders().items():
@@ -170,6 +194,38 @@ def cmd_models(args: argparse.Namespace) -> int:
     print("heads:")
     for name, desc in list_heads().items():
         print(f"  {name:<20} {desc}")
+    print("presets:")
+    for name, desc in list_presets().items():
+        print(f"  {name:<20} {desc}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mmsent.experiments.compare import compare
+
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    ablate = None if args.ablate is None else [p.strip() for p in args.ablate.split(",") if p.strip()]
+    overrides = list(args.overrides) + ([f"data.on_error={args.on_error}"] if args.on_error else [])
+    result = compare(args.data, args.out, presets, config_path=args.config, overrides=overrides,
+                     ablate=ablate, quiet=args.quiet, command=command_line(args.argv))
+    print(result.markdown)
+    print(f"results: {result.out_dir} (results.csv, results.md, figures)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmsent.serve.app import serve
+
+    serve(args.run, args.host, args.port, args.max_image_mb)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmsent.reporting.report import build_report
+
+    html_path, md_path, sections = build_report(args.runs, args.out, args.data_report)
+    print(f"report: {html_path} ({len(sections)} sections: {', '.join(sections)})")
+    print(f"markdown: {md_path}")
     return 0
 
 
@@ -215,6 +271,9 @@ COMMANDS = {
     "run": cmd_run,
     "data": cmd_data,
     "models": cmd_models,
+    "compare": cmd_compare,
+    "serve": cmd_serve,
+    "report": cmd_report,
     "badcases": cmd_badcases,
     "augment": cmd_augment,
     "retrain": cmd_retrain,

@@ -69,10 +69,15 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    mode: Literal["frozen"] = "frozen"
+    # frozen: features cached once, only the head trains; finetune: backbones train too
+    mode: Literal["frozen", "finetune"] = "frozen"
     epochs: int = Field(60, gt=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)  # the head's learning rate
+    backbone_lr: float = Field(2e-5, gt=0.0)  # fine-tune mode: the encoders' learning rate
+    freeze_epochs: int = Field(0, ge=0)  # fine-tune mode: backbones frozen for the first N epochs
+    grad_accum_steps: int = Field(1, gt=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     weight_decay: float = Field(1e-2, ge=0.0)
     patience: int = Field(10, gt=0)
     class_weights: Literal["balanced", "none"] = "balanced"
@@ -114,12 +119,19 @@ def _validate(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults), apply `key=value` overrides, validate."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
+) -> Config:
+    """Defaults, then a preset, then a YAML config file, then `key=value` overrides; validated."""
     raw: dict[str, Any] = {}
     source = "defaults"
+    if preset is not None:
+        from mmsent.presets import preset_config
+
+        raw = preset_config(preset)
+        source = f"preset {preset}"
     if path is not None:
-        source = str(path)
+        source = str(path) if source == "defaults" else f"{source} + {path}"
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -130,7 +142,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
-        raw = loaded
+        from mmsent.presets import deep_merge
+
+        raw = deep_merge(raw, loaded)
     for item in overrides or []:
         apply_override(raw, item)
         source += f" + {item}"

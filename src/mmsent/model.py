@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,10 +26,13 @@ class FusionClassifier(nn.Module):
         head: str,
         head_kwargs: dict,
         num_classes: int = len(LABELS),
+        token_encoders: list[str] | None = None,
     ):
         super().__init__()
         self.encoder_dims = dict(encoder_dims)
         self.encoder_modalities = dict(encoder_modalities)
+        # encoders whose input here is a token sequence (B, T, D) with a mask under "<name>.mask"
+        self.token_encoders = list(token_encoders or [])
         self.order = list(encoder_dims)  # fixed concatenation order within a modality
         for name, dim in encoder_dims.items():
             self.register_buffer(f"mean_{name}", torch.zeros(dim))
@@ -36,13 +41,19 @@ class FusionClassifier(nn.Module):
         for name in self.order:
             modality = encoder_modalities[name]
             modality_dims[modality] = modality_dims.get(modality, 0) + encoder_dims[name]
+        per_modality = [encoder_modalities[n] for n in self.token_encoders]
+        if len(per_modality) != len(set(per_modality)):
+            raise ValueError("at most one token encoder per modality")
         self.modality_dims = modality_dims
         self.drop_modalities: frozenset[str] = frozenset()  # blanked at inference (ablation)
         self.head = create_head(head, modality_dims, num_classes, **head_kwargs)
 
     def fit_scaler(self, features: dict[str, np.ndarray]) -> None:
         """Set per-dimension mean/std from training features (never from validation)."""
-        for name, values in features.items():
+        for name in self.order:
+            values = features[name]
+            if name in self.token_encoders:
+                values = values[features[f"{name}.mask"].astype(bool)]  # valid tokens only: (N_tok, D)
             mean = values.mean(axis=0)
             std = values.std(axis=0)
             getattr(self, f"mean_{name}").copy_(torch.from_numpy(mean))
@@ -59,11 +70,67 @@ class FusionClassifier(nn.Module):
             if self.encoder_modalities[name] in self.drop_modalities:
                 x = torch.zeros_like(x)
             groups.setdefault(self.encoder_modalities[name], []).append(x)
-        return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}
+        if not self.token_encoders:
+            return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}
+        return self._token_groups(groups, features)
+
+    def _token_groups(self, groups: dict[str, list[torch.Tensor]], features: dict[str, torch.Tensor]) -> dict:
+        """Per modality (tokens (B, T, D), mask (B, T)); pooled features of the modality join every token."""
+        out: dict = {}
+        for modality, parts in groups.items():
+            seq = [p for p in parts if p.dim() == 3]
+            pooled = [p for p in parts if p.dim() == 2]
+            if not seq:
+                out[modality] = torch.cat(pooled, dim=-1)  # (B, D): one token
+                continue
+            tokens = seq[0]
+            name = next(n for n in self.token_encoders if self.encoder_modalities[n] == modality)
+            mask = features[f"{name}.mask"].bool()
+            if pooled:
+                extra = torch.cat(pooled, dim=-1).unsqueeze(1).expand(-1, tokens.shape[1], -1)  # (B, T, D_pooled)
+                tokens = torch.cat([tokens, extra], dim=-1)
+            out[modality] = (tokens, mask)
+        return out
+
+    @property
+    def token_level(self) -> bool:
+        return bool(getattr(self.head, "token_level", False))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.group_by_modality(features))  # (B, C)
 
     def spec(self) -> dict:
         """What rebuilding this module needs besides its weights."""
-        return {"encoder_dims": self.encoder_dims, "encoder_modalities": self.encoder_modalities}
+        return {
+            "encoder_dims": self.encoder_dims,
+            "encoder_modalities": self.encoder_modalities,
+            "token_encoders": self.token_encoders,
+        }
+
+
+class MultimodalModel(nn.Module):
+    """Encoders and fusion classifier end to end, for fine-tuning: inputs {encoder: batch} -> logits."""
+
+    def __init__(self, encoders: dict[str, nn.Module], classifier: FusionClassifier):
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.classifier = classifier
+
+    def forward_features(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """{encoder: collated batch} -> {encoder: (B, D_enc)}, or (B, T, D_tok) plus "<name>.mask" for token encoders."""
+        feats: dict[str, torch.Tensor] = {}
+        for name, batch in inputs.items():
+            if name in self.classifier.token_encoders:
+                feats[name], feats[f"{name}.mask"] = self.encoders[name].forward_tokens(batch)
+            else:
+                feats[name] = self.encoders[name](batch)
+        return feats
+
+    def forward_head(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.classifier(features)  # (B, C)
+
+    def forward(self, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.forward_head(self.forward_features(inputs))
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoders.parameters()]

@@ -24,9 +24,16 @@ class Encoder(nn.Module):
     modality: ClassVar[str] = "text"
     dim: int = 0
 
+    tuned_digest: str | None = None  # set when fine-tuned weights replace the named ones
+
     def fingerprint(self) -> str:
         """Identifies weights and preprocessing: features are cached under it."""
         raise NotImplementedError
+
+    def cache_fingerprint(self) -> str:
+        """fingerprint(), plus the digest of fine-tuned weights when they were loaded."""
+        base = self.fingerprint()
+        return f"{base}|tuned={self.tuned_digest}" if self.tuned_digest else base
 
     def item_key(self, record: Record, cfg: Config) -> str:
         """Identifies one record's input content (the cache key within this fingerprint)."""

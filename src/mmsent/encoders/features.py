@@ -52,7 +52,7 @@ def encode_records(
     quiet: bool = False,
 ) -> tuple[np.ndarray, EncodeStats]:
     """Features (N, encoder.dim) for records, computing only what the cache lacks."""
-    cache = FeatureCache(cache_root, encoder.fingerprint())
+    cache = FeatureCache(cache_root, encoder.cache_fingerprint())
     keys = [encoder.item_key(r, cfg) for r in records]
     todo: dict[str, Record] = {}
     for key, record in zip(keys, records, strict=True):
@@ -95,3 +95,45 @@ def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache:
         cache.put_many(done_keys, np.concatenate(done_vecs))
     if problems:
         raise DataError(problems, "Fix or remove these images, or pass --on-error skip.")
+
+
+def has_tokens(encoder: Encoder) -> bool:
+    """Whether the encoder implements token / patch features."""
+    return type(encoder).forward_tokens is not Encoder.forward_tokens
+
+
+def token_dim(encoder: Encoder) -> int:
+    return int(getattr(encoder, "token_dim", encoder.dim))
+
+
+def encode_tokens(encoder: Encoder, records: list[Record], cfg: Config, quiet: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token features (N, T, D_tok) zero-padded to the longest, and masks (N, T); kept in memory, not cached."""
+    loader = DataLoader(
+        _ItemDataset(records, encoder.item_loader(cfg, train=False)),
+        batch_size=cfg.runtime.encode_batch_size,
+        shuffle=False,
+        num_workers=cfg.runtime.num_workers if encoder.modality == "image" else 0,
+        collate_fn=list,
+    )
+    chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    problems: list[Problem] = []
+    encoder.eval()
+    with torch.inference_mode(), tqdm(total=len(records), desc=f"tokens {encoder.name}", disable=quiet, unit="item") as bar:
+        for batch in loader:
+            problems += [p for _, _, p in batch if p is not None]
+            items = [item for _, item, p in batch if p is None]
+            if items:
+                tokens, mask = encoder.forward_tokens(encoder.collate(items))  # (B, T, D), (B, T)
+                chunks.append((tokens.float().cpu().numpy(), mask.bool().cpu().numpy()))
+            bar.update(len(batch))
+    if problems:
+        raise DataError(problems, "Fix or remove these images, or pass --on-error skip.")
+    longest = max((t.shape[1] for t, _ in chunks), default=1)
+    tokens = np.zeros((len(records), longest, token_dim(encoder)), dtype=np.float32)
+    masks = np.zeros((len(records), longest), dtype=bool)
+    row = 0
+    for t, m in chunks:
+        tokens[row : row + len(t), : t.shape[1]] = t
+        masks[row : row + len(t), : m.shape[1]] = m
+        row += len(t)
+    return tokens, masks

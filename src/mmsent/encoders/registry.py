@@ -32,6 +32,15 @@ def list_encoders() -> dict[str, str]:
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
+def encoder_accepts(name: str, option: str) -> bool:
+    """Whether the encoder registered as `name` takes keyword `option`."""
+    import inspect
+
+    _ensure_builtins()
+    factory = _ENCODERS.get(name)
+    return factory is not None and option in inspect.signature(factory).parameters
+
+
 def create_encoder(name: str, **options: Any) -> Encoder:
     """Build the encoder registered as `name`; unknown names list the known ones."""
     from mmsent.errors import ConfigError

@@ -22,8 +22,12 @@ def head_kwargs(cfg: Config) -> dict:
     return {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
 
 
-def build_classifier(cfg: Config, encoder_dims: dict[str, int], encoder_modalities: dict[str, str]) -> FusionClassifier:
-    return FusionClassifier(encoder_dims, encoder_modalities, cfg.model.head, head_kwargs(cfg), len(LABELS))
+def build_classifier(
+    cfg: Config, encoder_dims: dict[str, int], encoder_modalities: dict[str, str], token_encoders: list[str] | None = None
+) -> FusionClassifier:
+    return FusionClassifier(
+        encoder_dims, encoder_modalities, cfg.model.head, head_kwargs(cfg), len(LABELS), token_encoders
+    )
 
 
 def save_checkpoint(run_dir: Path, cfg: Config, classifier: FusionClassifier, encoder_state: dict[str, dict]) -> None:
@@ -36,6 +40,35 @@ def save_checkpoint(run_dir: Path, cfg: Config, classifier: FusionClassifier, en
     (run_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
 
 
+ENCODERS_FILE = "encoders.safetensors"
+
+
+def save_encoder_weights(run_dir: Path, encoders: dict) -> None:
+    """Fine-tuned encoder weights as `{encoder}.{parameter}` tensors."""
+    tensors = {
+        f"{name}.{key}": value.detach().contiguous().cpu()
+        for name, encoder in encoders.items()
+        for key, value in encoder.state_dict().items()
+    }
+    save_file(tensors, str(run_dir / ENCODERS_FILE), metadata={"mmsent_version": __version__})
+
+
+def load_encoder_weights(run_dir: Path, encoders: dict) -> None:
+    """Load fine-tuned encoder weights strictly; the digest keys their feature cache."""
+    import hashlib
+
+    path = run_dir / ENCODERS_FILE
+    if not path.is_file():
+        raise MmsentError(f"{run_dir} is a fine-tuned run but {ENCODERS_FILE} is missing")
+    tensors = load_file(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    for name, encoder in encoders.items():
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        encoder.load_state_dict(state, strict=True)
+        encoder.tuned_digest = digest
+
+
 def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, dict]]:
     """Rebuild config, classifier (strict load) and fitted encoder state from a run folder."""
     run_dir = Path(run_dir)
@@ -46,7 +79,7 @@ def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, 
     spec = json.loads((run_dir / SPEC_FILE).read_text(encoding="utf-8"))
     if tuple(spec["labels"]) != LABELS:
         raise MmsentError(f"{run_dir}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
-    classifier = build_classifier(cfg, spec["encoder_dims"], spec["encoder_modalities"])
+    classifier = build_classifier(cfg, spec["encoder_dims"], spec["encoder_modalities"], spec.get("token_encoders"))
     classifier.load_state_dict(load_file(str(run_dir / WEIGHTS_FILE)), strict=True)
     classifier.eval()
     return cfg, classifier, spec.get("encoder_state", {})

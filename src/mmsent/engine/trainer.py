@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -57,12 +56,32 @@ class FitResult:
     best_state: dict = field(repr=False, default_factory=dict)
 
 
+def to_device(obj, device: torch.device):
+    """Move tensors inside nested dicts / lists / tuples to device; other objects (strings) stay."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's weights (the best epoch's are kept this way)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 @torch.no_grad()
-def predict_proba(model: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_proba(
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities (N, C), labels (N,) and the mean unweighted loss over batches."""
     model.eval()
     probs, labels, loss_sum, n = [], [], 0.0, 0
     for inputs, y in batches:
+        if device is not None:
+            inputs, y = to_device(inputs, device), y.to(device)
         logits = model(inputs)  # (B, C)
         if (y >= 0).all():
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -83,16 +102,23 @@ def fit(
     param_groups: list[dict] | None = None,
     callbacks: list[EpochCallback] | None = None,
     quiet: bool = False,
+    accelerator=None,
 ) -> FitResult:
     """Train with AdamW until `epochs` or `patience` epochs without a better validation macro-F1.
 
     The returned model holds the weights of its best epoch. Callbacks see each epoch's record and
-    may raise to stop the run (for example a search pruner).
+    may raise to stop the run (for example a search pruner). With a Hugging Face `accelerator`,
+    device placement, mixed precision and gradient accumulation come from it (CPU, GPU or several).
     """
     params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    device = None
+    if accelerator is not None:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loss_fn = loss_fn.to(accelerator.device)
+        device = accelerator.device
     history: list[dict] = []
-    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    best_score, best_epoch, best_state = -1.0, 0, snapshot(model)
     start = time.perf_counter()
     stopped_early = False
     bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=quiet, unit="epoch")
@@ -101,13 +127,21 @@ def fit(
         model.train()
         loss_sum, n = 0.0, 0
         for inputs, y in train_batches:
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(inputs), y)
-            loss.backward()
-            optimizer.step()
+            if accelerator is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(inputs), y)
+                loss.backward()
+                optimizer.step()
+            else:
+                inputs, y = to_device(inputs, device), y.to(device)
+                with accelerator.accumulate(model):
+                    loss = loss_fn(model(inputs), y)
+                    accelerator.backward(loss)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item() * len(y)
             n += len(y)
-        probs, y_val, val_loss = predict_proba(model, val_batches)
+        probs, y_val, val_loss = predict_proba(model, val_batches, device)
         metrics = compute_metrics(y_val, probs)
         record = {
             "epoch": epoch,
@@ -121,12 +155,14 @@ def fit(
         bar.set_postfix(f1=f"{metrics['macro_f1']:.3f}", best=f"{max(best_score, metrics['macro_f1']):.3f}")
         if metrics["macro_f1"] > best_score:
             best_score, best_epoch = metrics["macro_f1"], epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = snapshot(model)
         for callback in callbacks or []:
             callback(record)
         if epoch - best_epoch >= cfg.patience:
             stopped_early = True
             break
     bar.close()
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
     model.load_state_dict(best_state)
     return FitResult(history, best_epoch, best_score, stopped_early, time.perf_counter() - start, best_state)

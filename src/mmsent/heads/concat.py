@@ -42,3 +42,21 @@ class ConcatHead(nn.Module):
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
         return self.mlp(self.input_dropout(self.norm(fused)))  # (B, C)
+
+
+@register_head("ln")
+class LayerNormHead(ConcatHead):
+    """LayerNorm on the fused features, then the concat MLP (the study's 'ln' head)."""
+
+    def __init__(self, input_dims: dict[str, int], num_classes: int, **kwargs):
+        kwargs["layernorm"] = True
+        super().__init__(input_dims, num_classes, **kwargs)
+
+
+@register_head("mlp")
+class DeepMLPHead(ConcatHead):
+    """Concatenation, then an MLP with two hidden layers."""
+
+    def __init__(self, input_dims: dict[str, int], num_classes: int, **kwargs):
+        kwargs["layers"] = 2
+        super().__init__(input_dims, num_classes, **kwargs)

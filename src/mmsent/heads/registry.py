@@ -21,12 +21,18 @@ def register_head(name: str) -> Callable:
 
 
 def _ensure_builtins() -> None:
-    from mmsent.heads import concat  # noqa: F401
+    from mmsent.heads import concat, cross_attention, gated, late  # noqa: F401
 
 
 def list_heads() -> dict[str, str]:
     _ensure_builtins()
     return dict(sorted(_DESCRIPTIONS.items()))
+
+
+def head_is_token_level(name: str) -> bool:
+    """Whether head `name` takes token sequences rather than pooled vectors."""
+    _ensure_builtins()
+    return bool(getattr(_HEADS.get(name), "token_level", False))
 
 
 def create_head(name: str, input_dims: dict[str, int], num_classes: int, **kwargs: Any) -> nn.Module:

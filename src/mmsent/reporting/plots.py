@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import matplotlib
 
@@ -68,3 +69,55 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], path:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest")
     ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def plot_metric_bars(rows: list[dict], label_key: str, metrics: list[str], path: Path, title: str = "") -> Path:
+    """Grouped bars: one group per row (model / variant), one bar per metric."""
+    labels = [str(r[label_key]) for r in rows]
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(metrics), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels) + 2), 4))
+    for k, metric in enumerate(metrics):
+        values = [float(r[metric]) for r in rows]
+        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set(ylim=(0, 1.1), ylabel="score", title=title or "Validation metrics")
+    ax.legend(ncol=len(metrics), fontsize=8, loc="upper center")
+    return _save(fig, path)
+
+
+def plot_compare_curves(histories: dict[str, list[dict]], path: Path) -> Path:
+    """Validation macro-F1 per epoch of several runs on one figure."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, history in histories.items():
+        ax.plot([h["epoch"] for h in history], [h["val_macro_f1"] for h in history], label=name)
+    ax.set(xlabel="epoch", ylabel="validation macro-F1", title="Validation curves")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_params_vs_time(rows: list[dict], path: Path) -> Path:
+    """Total parameters against training time (encoding + head), one labelled point per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        seconds = float(r["train_seconds"]) + float(r["encode_seconds"])
+        ax.scatter(float(r["params_m"]), seconds)
+        ax.annotate(str(r["preset"]), (float(r["params_m"]), seconds), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="parameters (M)", ylabel="training time incl. encoding (s)", title="Size vs time")
+    return _save(fig, path)
+
+
+def plot_class_counts(counts: dict[str, int], out: Path | BinaryIO) -> None:
+    """Bar chart of posts per class (a path, or a binary file such as BytesIO for embedding)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3))
+    bars = ax.bar(list(counts), list(counts.values()), color=["tab:red", "tab:gray", "tab:green"][: len(counts)])
+    ax.bar_label(bars)
+    ax.set(ylabel="posts", title="Labelled posts per class")
+    ax.margins(y=0.15)
+    if isinstance(out, Path):
+        _save(fig, out)
+        return
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,63 @@
+"""Record batches for fine-tuning: each encoder's item loader per record, its collate per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmsent.config import Config
+from mmsent.data.records import Record
+
+
+class RecordDataset(Dataset):
+    """(inputs {encoder: item}, label) per record; label -1 when unknown."""
+
+    def __init__(self, records: list[Record], loaders: dict[str, Callable[[Record], Any]], labels: np.ndarray):
+        self.records = records
+        self.loaders = loaders
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        return {name: load(record) for name, load in self.loaders.items()}, int(self.labels[i])
+
+
+class _Collate:
+    """Batches per-record items with each encoder's own collate (tokenizer, tensor stacking)."""
+
+    def __init__(self, collates: dict[str, Callable[[list[Any]], Any]]):
+        self.collates = collates
+
+    def __call__(self, batch: list[tuple[dict[str, Any], int]]):
+        inputs = {name: collate([item[name] for item, _ in batch]) for name, collate in self.collates.items()}
+        return inputs, torch.tensor([label for _, label in batch], dtype=torch.long)
+
+
+def record_batches(
+    records: list[Record],
+    labels: np.ndarray,
+    encoders: dict,
+    cfg: Config,
+    train: bool,
+    batch_size: int,
+    seed: int = 0,
+) -> DataLoader:
+    """A DataLoader over raw records; training batches get the training transforms and shuffling."""
+    loaders = {name: enc.item_loader(cfg, train=train) for name, enc in encoders.items()}
+    collates = {name: enc.collate for name, enc in encoders.items()}
+    return DataLoader(
+        RecordDataset(records, loaders, labels),
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=cfg.runtime.num_workers,
+        collate_fn=_Collate(collates),
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )

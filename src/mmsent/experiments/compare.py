@@ -1,0 +1,124 @@
+"""`mmsent compare`: several presets trained on one split, seed and metric set, tabulated and plotted."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmsent.api import load_training_data, train
+from mmsent.config import Config, load_config
+from mmsent.errors import MmsentError, WeightsNotFoundError
+from mmsent.experiments.common import markdown_table, write_manifest, write_table
+from mmsent.presets import PRESETS
+
+COLUMNS = [
+    "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1",
+    "macro_precision", "macro_recall", "train_seconds", "encode_seconds", "epochs_run", "status",
+]
+DEFAULT_ABLATION = ("tfidf_resnet18",)
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    rows: list[dict]
+    markdown: str
+
+
+def modality_config(cfg: Config, modality: str, encoder_modalities: dict[str, str]) -> Config:
+    """The same config with only the encoders of one modality."""
+    kept = [e for e in cfg.model.encoders if encoder_modalities.get(e) == modality]
+    if not kept:
+        raise MmsentError(f"no {modality} encoder among {cfg.model.encoders}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": kept})})
+
+
+def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
+    return {
+        "preset": name,
+        "modalities": modalities,
+        "mode": cfg.train.mode,
+        "params_m": round(metrics["parameters"] / 1e6, 3),
+        "trainable_params_m": round(metrics["trainable_parameters"] / 1e6, 3),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "macro_precision": metrics["macro_precision"],
+        "macro_recall": metrics["macro_recall"],
+        "train_seconds": metrics["train_seconds"],
+        "encode_seconds": metrics["encode_seconds"],
+        "epochs_run": metrics["epochs_run"],
+        "status": "ok",
+    }
+
+
+def _failed_row(name: str, modalities: str, reason: str) -> dict:
+    return {"preset": name, "modalities": modalities, "status": reason.splitlines()[0]}
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    with (run_dir / "history.csv").open(newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def compare(
+    data_dir: Path,
+    out_dir: Path,
+    presets: list[str],
+    config_path: Path | None = None,
+    overrides: list[str] | None = None,
+    ablate: list[str] | None = None,
+    quiet: bool = False,
+    command: str = "",
+) -> CompareResult:
+    """Train each preset with the same shared config; a preset that cannot run gets a row saying why."""
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown or not presets:
+        raise MmsentError(f"unknown preset(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(PRESETS)}")
+    ablate = [p for p in (DEFAULT_ABLATION if ablate is None else ablate) if p in presets]
+    configs = {name: load_config(config_path, overrides, preset=name) for name in presets}  # validate all first
+    out_dir = Path(out_dir)
+    first = configs[presets[0]]
+    dataset = load_training_data(Path(data_dir), first)  # one load, one split for every preset
+    rows: list[dict] = []
+    histories: dict[str, list[dict]] = {}
+    for name in presets:
+        cfg = configs[name]
+        variants = [("both", cfg)]
+        if name in ablate:
+            variants += [("text", None), ("image", None)]
+        modalities_of: dict[str, str] = {}
+        for modalities, variant_cfg in variants:
+            label = name if modalities == "both" else f"{name} ({modalities} only)"
+            run_dir = out_dir / "runs" / (name if modalities == "both" else f"{name}-{modalities}-only")
+            try:
+                if variant_cfg is None:
+                    variant_cfg = modality_config(cfg, modalities, modalities_of)
+                result = train(Path(data_dir), run_dir, variant_cfg, quiet=quiet, dataset=dataset)
+            except WeightsNotFoundError as exc:
+                rows.append(_failed_row(label, modalities, f"weights missing: {exc}"))
+                break  # its ablation rows cannot run either
+            except MmsentError as exc:
+                rows.append(_failed_row(label, modalities, f"failed: {exc}"))
+                continue
+            if modalities == "both":
+                import json
+
+                modalities_of = json.loads((run_dir / "model.json").read_text())["encoder_modalities"]
+            rows.append(_row(label, modalities, variant_cfg, result.metrics))
+            histories[label] = _read_history(run_dir)
+    write_table(rows, out_dir, columns=COLUMNS)
+    _plots(rows, histories, out_dir)
+    write_manifest(out_dir, "compare", command, presets=presets, ablated=ablate)
+    return CompareResult(out_dir, rows, markdown_table(rows, COLUMNS))
+
+
+def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) -> None:
+    from mmsent.reporting.plots import plot_compare_curves, plot_metric_bars, plot_params_vs_time
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return
+    plot_metric_bars(ok, "preset", ["accuracy", "macro_f1", "macro_precision", "macro_recall"], out_dir / "metrics.png")
+    plot_compare_curves(histories, out_dir / "val_curves.png")
+    plot_params_vs_time(ok, out_dir / "params_vs_time.png")

@@ -1,0 +1,367 @@
+"""The prediction service: a FastAPI app around one trained run, loaded once, with a small web page."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+import uuid
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from mmsent import LABELS, __version__
+from mmsent.data.images import ImageReadError, open_image
+from mmsent.data.records import Record
+from mmsent.errors import MmsentError
+from mmsent.experiments.common import read_manifest
+
+STATIC_DIR = Path(str(files("mmsent.serve") / "static"))
+UPLOAD_PATH = Path("<upload>")  # uploads live in memory; this only names them in messages
+IMAGE_PART_TYPES = ("image/", "application/octet-stream")
+MULTIPART_MARGIN = 1 << 20  # room for the text fields and multipart boundaries, in bytes
+
+
+# ---- response models (they are the OpenAPI description) ----
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service answers itself: one readable sentence."""
+
+    detail: str = Field(examples=["image: the upload is not an image (cannot identify image file)"])
+
+
+class Prediction(BaseModel):
+    tag: Literal["negative", "neutral", "positive"] = Field(description="the class with the highest probability")
+    probabilities: dict[str, float] = Field(
+        description="probability of each class (they sum to 1)",
+        examples=[{"negative": 0.1, "neutral": 0.2, "positive": 0.7}],
+    )
+    model: str = Field(description="name of the model (its run folder)")
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction] = Field(description="one prediction per (image, text) pair, in request order")
+    model: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+
+
+class ClassMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class ValidationMetrics(BaseModel):
+    n: int = Field(description="validation examples")
+    accuracy: float
+    macro_f1: float
+    macro_precision: float
+    macro_recall: float
+    roc_auc_ovr_macro: float | None = None
+    per_class: dict[str, ClassMetrics] = Field(default_factory=dict)
+    best_epoch: int | None = None
+
+
+class Limits(BaseModel):
+    max_image_bytes: int
+    max_image_pixels: int
+    max_text_chars: int
+    max_batch: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    preset: str | None = Field(None, description="the preset the run was trained from, when it names one")
+    encoders: list[str]
+    head: str
+    labels: list[str]
+    mmsent_version: str
+    validation: ValidationMetrics | None = Field(None, description="metrics on the run's validation split (metrics.json)")
+    limits: Limits
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "bad image or text"},
+    422: {"model": ErrorResponse, "description": "a required field (image, text) is missing or empty"},
+    413: {"model": ErrorResponse, "description": "image or request over the size limit"},
+    415: {"model": ErrorResponse, "description": "not a multipart/form-data request, or an image part that is not an image type"},
+}
+
+
+# ---- the service ----
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_text_chars: int = 2000
+    max_batch: int = 32
+    max_image_pixels: int | None = None  # None: the run's data.max_image_pixels
+
+    def body_limit(self, path: str) -> int | None:
+        """Largest request body accepted on path, checked before it is read (None: no body expected)."""
+        if path == "/predict":
+            return self.max_image_bytes + MULTIPART_MARGIN
+        if path == "/predict/batch":
+            return self.max_batch * (self.max_image_bytes + MULTIPART_MARGIN)
+        return None
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse an oversized body with 413 before it is parsed or spooled to disk."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        limit = self.settings.body_limit(scope.get("path", "")) if scope["type"] == "http" else None
+        if limit is None:
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            response = JSONResponse({"detail": f"request body is {int(length):,} bytes, over the limit of {limit:,}"}, 413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:  # chunked upload without a Content-Length
+                raise HTTPException(413, f"request body is over the limit of {limit:,} bytes")
+            return message
+
+        return await self.app(scope, counting_receive, send)
+
+
+class Predictor:
+    """One loaded run; a lock serialises model calls (the CPU is shared, torch already uses its threads)."""
+
+    def __init__(self, run_dir: Path, settings: Settings):
+        from mmsent.api import load_run
+
+        self.run = load_run(run_dir)
+        # a DataLoader worker process per request would cost more than the request itself
+        self.run.cfg.runtime.num_workers = 0
+        self.settings = settings
+        self.max_pixels = settings.max_image_pixels or self.run.cfg.data.max_image_pixels
+        self.name = Path(run_dir).resolve().name
+        self._lock = threading.Lock()
+
+    def check_image(self, data: bytes, filename: str) -> None:
+        """Raise a 4xx for an empty, oversized, undecodable or bomb image."""
+        if not data:
+            raise HTTPException(400, f"image {filename!r}: the upload is empty")
+        if len(data) > self.settings.max_image_bytes:
+            raise HTTPException(
+                413, f"image {filename!r}: {len(data):,} bytes, over the limit of {self.settings.max_image_bytes:,}"
+            )
+        try:
+            # draft decoding keeps this cheap for JPEG; errors (truncation, bombs) surface all the same
+            open_image(data, max_pixels=self.max_pixels, draft_size=256)
+        except ImageReadError as exc:
+            reason = str(exc)
+            if "cannot identify image file" in reason:  # PIL's words name an in-memory buffer, not the upload
+                reason = "not an image format that can be read (JPEG, PNG, GIF, WebP, BMP, ...)"
+            raise HTTPException(400, f"image {filename!r}: {reason}") from None
+
+    def check_text(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise HTTPException(400, "text: is empty; send the post's text")
+        if len(text) > self.settings.max_text_chars:
+            raise HTTPException(400, f"text: {len(text):,} characters, over the limit of {self.settings.max_text_chars:,}")
+        return text
+
+    def check_post(self, data: bytes, name: str, text: str) -> str:
+        """The cleaned-up text of a post whose image and text are acceptable; else a 4xx."""
+        self.check_image(data, name)
+        return self.check_text(text)
+
+    def predict(self, posts: list[tuple[bytes, str, str]]) -> list[Prediction]:
+        """Check every (image bytes, file name, text) post, then run them through the model as one batch."""
+        texts = []
+        for i, post in enumerate(posts):
+            try:
+                texts.append(self.check_post(*post))
+            except HTTPException as exc:
+                raise HTTPException(exc.status_code, f"post {i}: {exc.detail}" if len(posts) > 1 else exc.detail) from None
+        records = [
+            Record(f"upload-{uuid.uuid4().hex[:8]}", None, text, UPLOAD_PATH, image_bytes=data)
+            for (data, _, _), text in zip(posts, texts, strict=True)
+        ]
+        try:
+            with self._lock:
+                # uploads are one-off inputs: keep their features off the on-disk cache
+                probs = self.run.predict_proba(records, quiet=True, use_cache=False)  # (N, C)
+        except MmsentError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return [
+            Prediction(
+                tag=LABELS[int(p.argmax())],
+                probabilities={lab: round(float(x), 6) for lab, x in zip(LABELS, p, strict=True)},
+                model=self.name,
+            )
+            for p in probs
+        ]
+
+    def info(self) -> ModelInfo:
+        cfg = self.run.cfg
+        metrics_path = self.run.run_dir / "metrics.json"
+        validation = None
+        if metrics_path.is_file():
+            validation = ValidationMetrics.model_validate(json.loads(metrics_path.read_text(encoding="utf-8")))
+        return ModelInfo(
+            name=self.name,
+            preset=run_preset(self.run.run_dir),
+            encoders=list(cfg.model.encoders),
+            head=cfg.model.head,
+            labels=list(LABELS),
+            mmsent_version=__version__,
+            validation=validation,
+            limits=Limits(
+                max_image_bytes=self.settings.max_image_bytes,
+                max_image_pixels=self.max_pixels,
+                max_text_chars=self.settings.max_text_chars,
+                max_batch=self.settings.max_batch,
+            ),
+        )
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Missing fields as one readable sentence, the same shape as every other error."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+        parts.append(f"{field}: {err.get('msg', 'invalid')}".replace("Field required", "is missing or empty"))
+    return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
+
+
+def run_preset(run_dir: Path) -> str | None:
+    """The preset a run was trained from: its manifest's field, else `--preset` of its command."""
+    manifest = read_manifest(run_dir) or {}
+    if manifest.get("preset"):
+        return str(manifest["preset"])
+    args = shlex.split(manifest.get("command", ""))
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def require_multipart(request: Request) -> None:
+    """Prediction requests are multipart/form-data; anything else is a 415, not a confusing 422."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise HTTPException(415, f"send multipart/form-data with an 'image' file and a 'text' field, not {content_type or 'no content type'!r}")
+
+
+async def read_image(upload: UploadFile, limit: int) -> tuple[bytes, str]:
+    """The bytes of an image part (at most limit + 1 are read) and its file name."""
+    name = upload.filename or "image"
+    part_type = (upload.content_type or "application/octet-stream").lower()
+    if not part_type.startswith(IMAGE_PART_TYPES):
+        raise HTTPException(415, f"image {name!r}: content type {part_type!r} is not an image type")
+    return await upload.read(limit + 1), name
+
+
+def create_app(
+    run_dir: Path,
+    max_image_mb: float = 10,
+    max_text_chars: int = 2000,
+    max_batch: int = 32,
+    max_image_pixels: int | None = None,
+) -> FastAPI:
+    """The service for one trained run folder; the model is loaded here, once."""
+    settings = Settings(int(max_image_mb * 1024 * 1024), max_text_chars, max_batch, max_image_pixels)
+    predictor = Predictor(Path(run_dir), settings)
+    app = FastAPI(
+        title="mmsent",
+        version=__version__,
+        description="Sentiment (negative / neutral / positive) of a post from its image and its text. "
+        f"Model: {predictor.name} ({' + '.join(predictor.run.cfg.model.encoders)}, head {predictor.run.cfg.model.head}).",
+    )
+    app.state.predictor = predictor
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_middleware(BodySizeLimit, settings=settings)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # both prediction routes: multipart only, and their 4xx answers documented in the OpenAPI description
+    POST_OPTIONS = {"responses": ERRORS, "dependencies": [Depends(require_multipart)]}  # noqa: N806
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/health", response_model=Health, summary="liveness: the model is loaded")
+    def health() -> Health:
+        return Health(model=predictor.name)
+
+    @app.get("/model", response_model=ModelInfo, summary="the served model: encoders, head, validation metrics, limits")
+    def model_info() -> ModelInfo:
+        return predictor.info()
+
+    @app.post(
+        "/predict",
+        response_model=Prediction,
+        **POST_OPTIONS,
+        summary="predict the sentiment of one post (image + text)",
+    )
+    async def predict(
+        image: Annotated[UploadFile, File(description="the post's image (JPEG, PNG, ...)")],
+        text: Annotated[str, Form(description="the post's text")],
+    ) -> Prediction:
+        upload = await read_image(image, settings.max_image_bytes)
+        return (await _in_thread(predictor.predict, [(*upload, text)]))[0]
+
+    @app.post(
+        "/predict/batch",
+        response_model=BatchPrediction,
+        **POST_OPTIONS,
+        summary="predict several posts in one model batch: the i-th image goes with the i-th text",
+    )
+    async def predict_batch(
+        images: Annotated[list[UploadFile], File(description="the posts' images, in order")],
+        texts: Annotated[list[str], Form(description="the posts' texts, in the same order")],
+    ) -> BatchPrediction:
+        if len(images) != len(texts):
+            raise HTTPException(400, f"got {len(images)} images and {len(texts)} texts; send one text per image")
+        if len(images) > settings.max_batch:
+            raise HTTPException(413, f"{len(images)} posts in one batch, over the limit of {settings.max_batch}")
+        posts = [(*await read_image(upload, settings.max_image_bytes), text) for upload, text in zip(images, texts, strict=True)]
+        return BatchPrediction(predictions=await _in_thread(predictor.predict, posts), model=predictor.name)
+
+    return app
+
+
+async def _in_thread(fn, *args):
+    """Run the model off the event loop so that the service keeps answering while it works."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_image_mb: float = 10) -> None:
+    """Load the run and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dir, max_image_mb=max_image_mb)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
+    print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (OpenAPI description at /openapi.json)")
+    uvicorn.run(app, host=host, port=port, log_level="info")

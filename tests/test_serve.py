@@ -1,0 +1,275 @@
+"""The prediction service: answers, batching, the OpenAPI description, and a 4xx JSON error for every bad input."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mmsent import LABELS
+from mmsent.cli import main
+from conftest import draw_image, make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real model (VADER + EfficientNet-Lite0, 2 epochs) on the synthetic data set."""
+    root = tmp_path_factory.mktemp("serve")
+    data = make_dataset(root / "ds", per_class=8, n_test=3)
+    run = root / "tiny"
+    args = ["train", "--data", str(data), "--out", str(run), "--quiet",
+            "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "train.epochs=2",
+            "--set", f"runtime.cache_dir={root / 'cache'}"]
+    assert main(args) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run: Path) -> TestClient:
+    from mmsent.serve.app import create_app
+
+    # a 1 MB image limit and a 4 Mpx pixel limit keep the bad-input fixtures small
+    app = create_app(tiny_run, max_image_mb=1, max_text_chars=200, max_batch=4, max_image_pixels=4_000_000)
+    return TestClient(app)
+
+
+def jpeg(tag: str = "positive", seed: int = 1, size: tuple[int, int] = (64, 48)) -> bytes:
+    buf = io.BytesIO()
+    draw_image(tag, seed, size).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (400 Mpx): a decompression bomb."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows suffice: the header is what is checked
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def post(client: TestClient, image: bytes | None = None, text: str | None = "so happy today", name="a.jpg",
+         kind="image/jpeg"):
+    files = {"image": (name, image, kind)} if image is not None else None
+    data = {"text": text} if text is not None else None
+    if files is None:
+        # force multipart even without a file part, as a browser form would
+        return client.post("/predict", data=data or {}, files={"other": ("x.txt", b"x", "text/plain")})
+    return client.post("/predict", files=files, data=data)
+
+
+def assert_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    for word in words:
+        assert word in detail, detail
+
+
+def test_predict_returns_tag_probabilities_and_model(client: TestClient, tiny_run: Path):
+    response = post(client, jpeg("positive"), "love this, so happy")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == tiny_run.name
+    assert set(body["probabilities"]) == set(LABELS)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["tag"] == max(body["probabilities"], key=body["probabilities"].get)
+
+
+def test_predict_matches_the_library_and_leaves_no_cache(client: TestClient, tiny_run: Path, tmp_path: Path):
+    from mmsent.api import load_run
+    from mmsent.data.records import Record
+
+    image, text = jpeg("negative", 7), "terrible awful news"
+    body = post(client, image, text).json()
+    run = load_run(tiny_run)
+    expected = run.predict_proba([Record("x", None, text, Path("<upload>"), image_bytes=image)], quiet=True, use_cache=False)[0]
+    assert [body["probabilities"][lab] for lab in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert not (tmp_path / "cache").exists()  # uploads never reach the user's feature cache
+
+
+def test_batch_runs_pairs_in_order(client: TestClient):
+    posts = [(jpeg("positive", 3), "so good"), (jpeg("negative", 4), "so angry"), (jpeg("neutral", 5), "bus schedule")]
+    files = [("images", (f"{i}.jpg", img, "image/jpeg")) for i, (img, _) in enumerate(posts)]
+    response = client.post("/predict/batch", files=files, data={"texts": [t for _, t in posts]})
+    assert response.status_code == 200, response.text
+    batch = response.json()["predictions"]
+    singles = [post(client, img, text).json() for img, text in posts]
+    assert len(batch) == 3
+    for got, single in zip(batch, singles, strict=True):
+        assert got["tag"] == single["tag"]
+        assert got["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
+
+
+def test_health_model_and_openapi(client: TestClient, tiny_run: Path, tmp_path: Path):
+    assert client.get("/health").json() == {"status": "ok", "model": tiny_run.name}
+    info = client.get("/model").json()
+    assert info["encoders"] == ["vader", "efficientnet_lite0"] and info["head"] == "concat"
+    assert info["labels"] == list(LABELS) and info["preset"] is None
+    from mmsent.serve.app import run_preset
+
+    (tmp_path / "experiment.json").write_text('{"kind": "train", "command": "mmsent train --preset tfidf_resnet18 --out r"}')
+    assert run_preset(tmp_path) == "tfidf_resnet18"
+    assert 0 <= info["validation"]["macro_f1"] <= 1 and info["validation"]["n"] > 0
+    assert info["limits"]["max_image_bytes"] == 1024 * 1024
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert {"/predict/batch", "/health", "/model"} <= set(spec["paths"])
+
+
+def test_web_page_and_its_files_are_served(client: TestClient):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="image"' in page.text and 'id="text"' in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "case, status, words",
+    [
+        ("no image", 422, ["image: is missing or empty"]),
+        ("empty image", 400, ["empty"]),
+        ("not an image", 400, ["not an image format"]),
+        ("truncated image", 400, ["cannot be decoded"]),
+        ("too large", 413, ["over the limit"]),
+        ("decompression bomb", 400, ["decompression bomb"]),
+        ("no text", 422, ["text: is missing or empty"]),
+        ("empty text", 422, ["text: is missing or empty"]),
+        ("blank text", 400, ["empty"]),
+        ("over-long text", 400, ["over the limit"]),
+        ("text part as image", 415, ["not an image type"]),
+    ],
+)
+def test_bad_input_is_a_4xx_json_error(client: TestClient, case: str, status: int, words: list[str]):
+    good = jpeg()
+    requests = {
+        "no image": lambda: post(client, None),
+        "empty image": lambda: post(client, b""),
+        "not an image": lambda: post(client, b"%PDF-1.4 this is not an image at all"),
+        "truncated image": lambda: post(client, good[: len(good) // 3]),
+        "too large": lambda: post(client, good + b"\0" * (1024 * 1024), name="big.jpg"),
+        "decompression bomb": lambda: post(client, png_bomb(), name="bomb.png", kind="image/png"),
+        "no text": lambda: post(client, good, None),
+        "empty text": lambda: post(client, good, ""),
+        "blank text": lambda: post(client, good, "   \n  "),
+        "over-long text": lambda: post(client, good, "a" * 201),
+        "text part as image": lambda: post(client, b"hello", name="a.txt", kind="text/plain"),
+    }
+    assert_error(requests[case](), status, *words)
+
+
+def test_wrong_request_content_type_is_415(client: TestClient):
+    assert_error(client.post("/predict", json={"image": "x", "text": "y"}), 415, "multipart/form-data")
+    assert_error(client.post("/predict", content=b"raw", headers={"content-type": "image/jpeg"}), 415)
+    assert_error(client.post("/predict/batch", data={"texts": ["a"]}), 415)
+
+
+def test_oversized_body_is_refused_before_parsing(client: TestClient):
+    body = b"x" * (3 * 1024 * 1024)
+    response = client.post("/predict", content=body, headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert_error(response, 413, "over the limit")
+
+
+def test_bad_batches(client: TestClient):
+    one = ("images", ("a.jpg", jpeg(), "image/jpeg"))
+    assert_error(client.post("/predict/batch", files=[one, one], data={"texts": ["a"]}), 400, "2 images and 1 texts")
+    assert_error(client.post("/predict/batch", files=[one] * 5, data={"texts": ["a"] * 5}), 413, "limit of 4")
+    bad = ("images", ("b.jpg", b"nope", "image/jpeg"))
+    assert_error(client.post("/predict/batch", files=[one, bad], data={"texts": ["a", "b"]}), 400, "post 1", "b.jpg")
+    assert_error(client.post("/predict/batch", files=[one], data={"texts": [" "]}), 400, "empty")
+
+
+def test_service_survives_bad_input(client: TestClient):
+    post(client, png_bomb())
+    post(client, b"\xff\xd8\xff garbage")
+    assert post(client, jpeg(), "great").status_code == 200
+
+
+def test_serve_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
+    assert main(["serve", "--run", str(tmp_path), "--port", "0"]) == 2
+
+
+# ---- the web page in a real browser ----
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def live_service(tiny_run: Path):
+    """The app served by uvicorn on a free loopback port, in a thread; stopped after the test."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from mmsent.serve.app import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this very socket
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_run), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def test_web_page_in_chromium(live_service: str, tmp_path: Path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (.ci/run does) to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: pip install -e '.[dev]'")
+    import httpx
+
+    image = tmp_path / "post.jpg"
+    image.write_bytes(jpeg("positive", 11, (128, 96)))
+    text = "what a beautiful happy day"
+    expected = httpx.post(f"{live_service}/predict", files={"image": ("post.jpg", image.read_bytes(), "image/jpeg")},
+                          data={"text": text}, timeout=30).json()
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 800, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(live_service + "/")
+            page.set_input_files("#image", str(image))
+            page.fill("#text", text)
+            page.click("#submit")
+            page.wait_for_selector("#result:not([hidden])", timeout=20_000)
+            shown_tag = page.text_content("#tag")
+            bars = page.eval_on_selector_all(
+                ".bar-row", "rows => rows.map(r => [r.dataset.label, r.querySelector('.bar-value').textContent,"
+                " r.querySelector('.bar-fill').style.width])")
+            thumb_width = page.eval_on_selector("#thumb", "img => img.hidden ? 0 : img.naturalWidth")
+            page.wait_for_function("document.getElementById('model-name').textContent.length > 0")
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert shown_tag == expected["tag"]
+    assert [label for label, _, _ in bars] == list(LABELS)
+    for label, value, width in bars:
+        assert value == f"{100 * expected['probabilities'][label]:.1f}%"
+        assert float(width.rstrip("%")) == pytest.approx(float(value.rstrip("%")))  # bar length = probability
+    assert thumb_width == 128  # the thumbnail shows the chosen image
+    assert (tmp_path / "page.png").stat().st_size > 10_000
