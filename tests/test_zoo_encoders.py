@@ -111,7 +111,7 @@ def test_resnet18_random_shapes_tokens_gradients():
     assert enc(x).shape == (2, 512)
     # random init is reproducible (a rebuilt run gets the same network) and keyed by seed
     again = create_encoder("resnet18", pretrained=False)
-    assert torch.equal(again.model.conv1.weight, create_encoder("resnet18", pretrained=False).model.conv1.weight)
+    assert torch.equal(again.model.conv1.weight, enc.model.conv1.weight)
     assert create_encoder("resnet18", pretrained=False, seed=1).fingerprint() != enc.fingerprint()
 
 
@@ -210,6 +210,17 @@ def test_hf_missing_weights_message(name: str, default: str, tmp_path: Path, mon
     text = str(err.value)
     assert default in text and str(tmp_path / "hf") in text
     assert f"model.encoder_options.{name}.name_or_path=" in text and f"hf download {default}" in text
+
+
+def test_missing_weights_stop_the_command_with_exit_2(dataset: Path, tmp_path: Path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--quiet", "--set", "model.encoders=[bert]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bert-base-uncased" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_bad_options_are_config_errors():

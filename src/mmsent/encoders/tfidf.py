@@ -42,6 +42,8 @@ class TfidfEncoder(TextEncoder):
             "sublinear_tf": sublinear_tf,
         }
         self.vectorizer = None
+        # no parameters: this empty buffer tells forward which device the model was moved to
+        self.register_buffer("_device", torch.zeros(0), persistent=False)
         self._state: dict[str, Any] | None = None
         self._digest = ""
 
@@ -101,4 +103,4 @@ class TfidfEncoder(TextEncoder):
     def forward(self, texts: list[str]) -> torch.Tensor:
         self._require_fitted()
         matrix = self.vectorizer.transform(texts)  # sparse (B, dim)
-        return torch.from_numpy(matrix.toarray().astype(np.float32))  # (B, dim)
+        return torch.from_numpy(matrix.toarray().astype(np.float32)).to(self._device.device)  # (B, dim)
