@@ -196,6 +196,31 @@ def test_blip_encoders_tiny_random(bert_tokenizer: str):
     grads_reach(itm, fused, min_share=0.5)
 
 
+def test_pretrained_from_local_folders(tmp_path: Path, bert_tokenizer: str, clip_tokenizer: str):
+    """A local folder (save_pretrained layout) is a model name: weights, tokenizer and image processor from it."""
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
+    bert = create_encoder("bert", **bert_options(bert_tokenizer, seed=5))
+    bert.model.save_pretrained(tmp_path / "bert")
+    AutoTokenizer.from_pretrained(bert_tokenizer).save_pretrained(tmp_path / "bert")
+    loaded = create_encoder("bert", name_or_path=str(tmp_path / "bert"))
+    batch = bert.collate(["love the photo"])
+    bert.eval(), loaded.eval()
+    assert torch.allclose(loaded(batch), bert(batch), atol=1e-6)
+    assert "random" not in loaded.fingerprint()
+
+    clip = create_encoder("clip_image", **clip_options(), seed=5)
+    clip.model.save_pretrained(tmp_path / "clip")
+    AutoTokenizer.from_pretrained(clip_tokenizer).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, image_mean=[0.5] * 3,
+                       image_std=[0.25] * 3).save_pretrained(tmp_path / "clip")
+    image = create_encoder("clip_image", name_or_path=str(tmp_path / "clip"))
+    text = create_encoder("clip_text", name_or_path=str(tmp_path / "clip"))
+    assert text.model is image.model and text(text.collate(["love"])).shape == (1, 16)
+    prep = image.preprocessing
+    assert (prep.size, prep.resize, prep.mean, prep.std) == (32, 36, (0.5,) * 3, (0.25,) * 3)
+
+
 @pytest.mark.parametrize(
     ("name", "default"),
     [("bert", "bert-base-uncased"), ("clip_text", "openai/clip-vit-base-patch32"), ("blip_image", "Salesforce/blip-itm-base-coco")],

@@ -16,36 +16,26 @@ from torch.nn.functional import normalize
 from mmsent.config import Config
 from mmsent.data.records import Record
 from mmsent.encoders.base import ImageEncoder, TextEncoder, TextLoader, image_digest
-from mmsent.encoders.clip import shared_model
-from mmsent.encoders.hf import HFModelSpec, load_image_processor, load_tokenizer, preprocessing_from_processor, tokenize
+from mmsent.encoders.hf import HFTower
 from mmsent.encoders.registry import register_encoder
 
 DEFAULT_BLIP = "Salesforce/blip-itm-base-coco"
 
 
-class _BlipPart:
-    """Options shared by the BLIP encoders: name_or_path, pretrained, config (with pretrained=false), seed."""
+def _blip_model_cls():
+    from transformers import BlipForImageTextRetrieval
 
-    def _init_blip(self, encoder: str, name_or_path: str, pretrained: bool, config: dict[str, Any] | None, seed: int):
-        from transformers import BlipForImageTextRetrieval
+    return BlipForImageTextRetrieval
 
-        self.spec = HFModelSpec(encoder, name_or_path, pretrained, config, seed, default_model_type="blip")
-        self.model = shared_model(self.spec, BlipForImageTextRetrieval)
-        self._weights_id = self.spec.weights_id(self.model)
 
-    def _init_tokenizer(self, encoder: str, tokenizer: str | None, max_length: int) -> None:
-        self.tokenizer_name = tokenizer
-        self.tokenizer = load_tokenizer(encoder, tokenizer, self.spec.name_or_path)
-        self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
+def _blip_processor_cls():
+    from transformers import BlipImageProcessor
 
-    def _init_images(self) -> None:
-        from transformers import BlipImageProcessor
+    return BlipImageProcessor
 
-        processor = load_image_processor(self.spec, BlipImageProcessor)
-        self.preprocessing = preprocessing_from_processor(processor, int(self.model.config.vision_config.image_size))
 
-    def _tok_key(self) -> str:
-        return f"tok={self.tokenizer_name or self.spec.name_or_path}:{len(self.tokenizer)}|max_length={self.max_length}"
+class _BlipPart(HFTower):
+    """The BLIP parts the encoders share: text states (optionally attending to image states), image states."""
 
     def _text_states(self, batch: dict[str, torch.Tensor], image_states: torch.Tensor | None = None) -> torch.Tensor:
         """Text encoder states (B, T, H_text); with image_states it cross-attends to them (ITM fusion)."""
@@ -79,8 +69,8 @@ class BlipTextEncoder(_BlipPart, TextEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_blip("blip_text", name_or_path, pretrained, config, seed)
-        self._init_tokenizer("blip_text", tokenizer, max_length)
+        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        self._init_tokenizer(tokenizer, max_length)
         self.dim = int(self.model.config.image_text_hidden_size)
         self.token_dim = int(self.model.config.text_config.hidden_size)
 
@@ -88,8 +78,7 @@ class BlipTextEncoder(_BlipPart, TextEncoder):
         return f"blip_text|{self._weights_id}|{self._tok_key()}"
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
-        batch = tokenize(self.tokenizer, items, self.max_length)
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return self.collate_text(items)
 
     def forward_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._text_states(batch), batch["attention_mask"].bool()  # (B, T, H_text), (B, T)
@@ -113,8 +102,8 @@ class BlipImageEncoder(_BlipPart, ImageEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_blip("blip_image", name_or_path, pretrained, config, seed)
-        self._init_images()
+        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        self._init_images(_blip_processor_cls())
         self.dim = int(self.model.config.image_text_hidden_size)
         self.token_dim = int(self.model.config.vision_config.hidden_size)
 
@@ -161,9 +150,9 @@ class BlipItmEncoder(_BlipPart, ImageEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_blip("blip_itm", name_or_path, pretrained, config, seed)
-        self._init_tokenizer("blip_itm", tokenizer, max_length)
-        self._init_images()
+        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        self._init_tokenizer(tokenizer, max_length)
+        self._init_images(_blip_processor_cls())
         self.dim = int(self.model.config.text_config.hidden_size)
         self.token_dim = self.dim
 
@@ -178,10 +167,8 @@ class BlipItmEncoder(_BlipPart, ImageEncoder):
         return PairLoader(TextLoader(cfg.text), super().item_loader(cfg, train))
 
     def collate(self, items: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        batch = tokenize(self.tokenizer, [text for text, _ in items], self.max_length)
         return {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
+            **self.collate_text([text for text, _ in items]),
             "pixel_values": torch.stack([image for _, image in items]),  # (B, 3, S, S)
         }
 

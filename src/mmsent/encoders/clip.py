@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 
 from mmsent.encoders.base import ImageEncoder, TextEncoder
-from mmsent.encoders.hf import HFModelSpec, load_image_processor, load_tokenizer, preprocessing_from_processor, tokenize
+from mmsent.encoders.hf import HFTower
 from mmsent.encoders.registry import register_encoder
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-# clip_text and clip_image created in one process share one loaded CLIPModel (keyed by its options)
-_SHARED: weakref.WeakValueDictionary[str, torch.nn.Module] = weakref.WeakValueDictionary()
 
 
-def shared_model(spec: HFModelSpec, model_cls) -> torch.nn.Module:
-    """One model per (class, options) while any encoder holds it."""
-    key = f"{model_cls.__name__}|{spec.cache_key()}"
-    model = _SHARED.get(key)
-    if model is None:
-        model = spec.build_model(model_cls)
-        _SHARED[key] = model
-    return model
+def _clip_model_cls():
+    from transformers import CLIPModel
 
-
-class _ClipTower:
-    """Options shared by both towers: name_or_path, pretrained, config (with pretrained=false), seed."""
-
-    def _init_clip(self, encoder: str, name_or_path: str, pretrained: bool, config: dict[str, Any] | None, seed: int):
-        from transformers import CLIPModel
-
-        self.spec = HFModelSpec(encoder, name_or_path, pretrained, config, seed, default_model_type="clip")
-        self.model = shared_model(self.spec, CLIPModel)
-        self.dim = int(self.model.config.projection_dim)
-        self._weights_id = self.spec.weights_id(self.model)
+    return CLIPModel
 
 
 @register_encoder("clip_text", "CLIP text tower, projected (default openai/clip-vit-base-patch32, 512-d)")
-class ClipTextEncoder(_ClipTower, TextEncoder):
+class ClipTextEncoder(HFTower, TextEncoder):
     """CLIP text transformer: tokens (B, T) -> EOS state -> text projection (B, projection_dim)."""
 
     name = "clip_text"
@@ -54,19 +35,16 @@ class ClipTextEncoder(_ClipTower, TextEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_clip("clip_text", name_or_path, pretrained, config, seed)
-        self.tokenizer_name = tokenizer
-        self.tokenizer = load_tokenizer("clip_text", tokenizer, name_or_path)
-        self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
+        self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        self._init_tokenizer(tokenizer, max_length)
+        self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.text_config.hidden_size)
 
     def fingerprint(self) -> str:
-        tok = f"{self.tokenizer_name or self.spec.name_or_path}:{len(self.tokenizer)}"
-        return f"clip_text|{self._weights_id}|tok={tok}|max_length={self.max_length}"
+        return f"clip_text|{self._weights_id}|{self._tok_key()}"
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
-        batch = tokenize(self.tokenizer, items, self.max_length)
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        return self.collate_text(items)
 
     def _text(self, batch: dict[str, torch.Tensor]):
         return self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -81,7 +59,7 @@ class ClipTextEncoder(_ClipTower, TextEncoder):
 
 
 @register_encoder("clip_image", "CLIP image tower, projected (default openai/clip-vit-base-patch32, 512-d)")
-class ClipImageEncoder(_ClipTower, ImageEncoder):
+class ClipImageEncoder(HFTower, ImageEncoder):
     """CLIP vision transformer: (B, 3, S, S) -> CLS state -> visual projection (B, projection_dim)."""
 
     name = "clip_image"
@@ -96,9 +74,9 @@ class ClipImageEncoder(_ClipTower, ImageEncoder):
         super().__init__()
         from transformers import CLIPImageProcessor
 
-        self._init_clip("clip_image", name_or_path, pretrained, config, seed)
-        processor = load_image_processor(self.spec, CLIPImageProcessor)
-        self.preprocessing = preprocessing_from_processor(processor, int(self.model.config.vision_config.image_size))
+        self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        self._init_images(CLIPImageProcessor)  # size, mean, std, bicubic from the model's processor config
+        self.dim = int(self.model.config.projection_dim)
         self.token_dim = int(self.model.config.vision_config.hidden_size)
 
     def fingerprint(self) -> str:

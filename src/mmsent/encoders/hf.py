@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,3 +221,48 @@ def load_image_processor(spec: HFModelSpec, processor_cls):
     if not spec.pretrained and spec.config is not None:
         return processor_cls()
     return from_hub(processor_cls.from_pretrained, spec.encoder, spec.name_or_path, "image processor")
+
+
+# towers of one model (CLIP text + image, BLIP text + image + ITM) created in one process share it
+_SHARED: weakref.WeakValueDictionary[str, torch.nn.Module] = weakref.WeakValueDictionary()
+
+
+def shared_model(spec: HFModelSpec, model_cls) -> torch.nn.Module:
+    """One loaded model per (class, options) while any encoder holds it."""
+    key = f"{model_cls.__name__}|{spec.cache_key()}"
+    model = _SHARED.get(key)
+    if model is None:
+        model = spec.build_model(model_cls)
+        _SHARED[key] = model
+    return model
+
+
+class HFTower:
+    """Mixin for encoders that are one tower of a shared Hugging Face model (CLIP, BLIP).
+
+    Options: name_or_path, pretrained, config (a dict, with pretrained=false), seed; text towers
+    add tokenizer and max_length, image towers take their preprocessing from the model's image processor.
+    """
+
+    name: str
+
+    def _init_model(self, model_cls, model_type: str, name_or_path: str, pretrained: bool, config, seed: int) -> None:
+        self.spec = HFModelSpec(self.name, name_or_path, pretrained, config, seed, default_model_type=model_type)
+        self.model = shared_model(self.spec, model_cls)
+        self._weights_id = self.spec.weights_id(self.model)
+
+    def _init_tokenizer(self, tokenizer: str | None, max_length: int) -> None:
+        self.tokenizer_name = tokenizer
+        self.tokenizer = load_tokenizer(self.name, tokenizer, self.spec.name_or_path)
+        self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
+
+    def _init_images(self, processor_cls) -> None:
+        processor = load_image_processor(self.spec, processor_cls)
+        self.preprocessing = preprocessing_from_processor(processor, int(self.model.config.vision_config.image_size))
+
+    def _tok_key(self) -> str:
+        return f"tok={self.tokenizer_name or self.spec.name_or_path}:{len(self.tokenizer)}|max_length={self.max_length}"
+
+    def collate_text(self, items: list[str]) -> dict[str, torch.Tensor]:
+        batch = tokenize(self.tokenizer, items, self.max_length)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}  # (B, T) each
