@@ -300,3 +300,13 @@ def test_train_and_predict_tiny_bert(dataset: Path, tmp_path: Path, bert_tokeniz
     lines = _train_predict(dataset, tmp_path / "run_bert", tmp_path,
                            ["model.encoders=[bert]", f"model.encoder_options.bert={options}"])
     assert len(lines) == 1 + 6 and all(line.split(",")[1] in ("positive", "neutral", "negative") for line in lines[1:])
+
+
+def test_core_encoders_give_token_features():
+    minilm = create_encoder("minilm", pretrained=False)
+    batch = minilm.collate(["love the photo", "so sad"])
+    tokens, mask = minilm.forward_tokens(batch)
+    assert tokens.shape == (2, batch["input_ids"].shape[1], minilm.token_dim) and mask.shape == tokens.shape[:2]
+    lite = create_encoder("efficientnet_lite0", pretrained=False)
+    tokens, mask = lite.forward_tokens(torch.randn(1, 3, 64, 64))  # 224 gives 7x7 = 49 patches
+    assert tokens.shape == (1, 4, lite.token_dim) and mask.all()
