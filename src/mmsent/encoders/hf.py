@@ -78,12 +78,12 @@ def from_hub(load: Callable[..., T], encoder: str, name_or_path: str, what: str,
     with quiet_transformers():
         try:
             return load(source, local_files_only=True, cache_dir=cache, **kwargs)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # missing files; a folder that holds no such model
             reason = str(exc).splitlines()[0]
         if not is_local and hub_reachable():
             try:
                 return load(source, cache_dir=cache, **kwargs)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0]
     raise WeightsNotFoundError(missing_weights_message(encoder, name_or_path, what, reason))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,8 @@ def load_torchvision_state(encoder: str, weights, weights_path: str | None) -> d
             raise MmsentError(f"encoder {encoder!r}: cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
     target = hub_checkpoint_path(weights)
     try:
-        with socket_timeout(15.0):
+        # torch hub prints "Downloading: ..." even without progress; the error below says it all
+        with socket_timeout(15.0), contextlib.redirect_stdout(io.StringIO()):
             return weights.get_state_dict(progress=False, check_hash=True)
     except (URLError, OSError, TimeoutError, RuntimeError) as exc:
         raise WeightsNotFoundError(
