@@ -295,11 +295,16 @@ def test_train_and_predict_tfidf_resnet18(dataset: Path, tmp_path: Path):
     assert "tfidf" in json.dumps(saved) and "vocabulary" in json.dumps(saved)
 
 
-def test_train_and_predict_tiny_bert(dataset: Path, tmp_path: Path, bert_tokenizer: str):
-    options = json.dumps(bert_options(bert_tokenizer))
-    lines = _train_predict(dataset, tmp_path / "run_bert", tmp_path,
-                           ["model.encoders=[bert]", f"model.encoder_options.bert={options}"])
+def test_train_and_predict_tiny_bert_and_blip_fused(dataset: Path, tmp_path: Path, bert_tokenizer: str):
+    """Random tiny transformers given by options only: the run folder's config rebuilds them exactly."""
+    bert, blip = json.dumps(bert_options(bert_tokenizer)), json.dumps(blip_options(bert_tokenizer))
+    run = tmp_path / "run_hf"
+    lines = _train_predict(dataset, run, tmp_path,
+                           ["model.encoders=[bert,blip_image,blip_itm]", f"model.encoder_options.bert={bert}",
+                            f"model.encoder_options.blip_image={json.dumps(blip_options())}",
+                            f"model.encoder_options.blip_itm={blip}"])
     assert len(lines) == 1 + 6 and all(line.split(",")[1] in ("positive", "neutral", "negative") for line in lines[1:])
+    assert load_config(run / "config.yaml").model.encoder_options["blip_itm"]["config"]["image_text_hidden_size"] == 16
 
 
 def test_core_encoders_give_token_features():
