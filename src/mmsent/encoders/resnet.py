@@ -72,6 +72,12 @@ def load_torchvision_state(encoder: str, weights, weights_path: str | None) -> d
         ) from None
 
 
+def weights_file_id(path: str) -> str:
+    """Name, size and mtime of a local weights file: the cache key changes when the file does."""
+    stat = Path(path).expanduser().stat()
+    return f"{Path(path).name}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
 @register_encoder("resnet18", "torchvision ResNet-18, ImageNet weights (IMAGENET1K_V1), 512-d global average pool")
 class ResNet18Encoder(ImageEncoder):
     """ResNet-18 trunk: (B, 3, 224, 224) -> layer4 (B, 512, 7, 7) -> average pool (B, 512)."""
@@ -92,7 +98,7 @@ class ResNet18Encoder(ImageEncoder):
                 self.model.load_state_dict(state)
             except RuntimeError as exc:
                 raise MmsentError(f"encoder 'resnet18': the weights do not fit ResNet-18: {str(exc)[:300]}") from None
-            self._weights_id = Path(weights_path).name if weights_path else str(weights)
+            self._weights_id = weights_file_id(weights_path) if weights_path else str(weights)
         else:
             self._weights_id = f"random-seed{seed}"
         self.model.fc = torch.nn.Identity()  # the ImageNet classifier is not used
