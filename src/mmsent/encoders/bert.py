@@ -35,8 +35,8 @@ class BertEncoder(TextEncoder):
         self.pooling = check_pooling("bert", pooling)
         self.max_length = max_length
         self.tokenizer_name = tokenizer
+        self.model = self.spec.build_model(AutoModel)  # first, so missing weights are what the error names
         self.tokenizer = load_tokenizer("bert", tokenizer, name_or_path)
-        self.model = self.spec.build_model(AutoModel)
         self.dim = int(self.model.config.hidden_size)
         self.token_dim = self.dim
         self._weights_id = self.spec.weights_id(self.model)

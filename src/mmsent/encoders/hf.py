@@ -54,23 +54,28 @@ def hub_reachable() -> bool:
     return not hub_offline() and host_reachable(constants.ENDPOINT)
 
 
-def missing_weights_message(encoder: str, name_or_path: str, what: str, reason: str) -> str:
+def missing_weights_message(encoder: str, name_or_path: str, what: str, reason: str, option: str = "name_or_path") -> str:
     """Which model, where it looked, how to supply it."""
-    if Path(name_or_path).exists() or name_or_path.startswith(("/", ".", "~")):
+    local = Path(name_or_path).expanduser().exists() or name_or_path.startswith(("/", ".", "~"))
+    if local:
         where = f"the local folder {name_or_path}"
+        supply = "Check that folder (a save_pretrained / `hf download --local-dir` copy), or set"
     else:
         where = f"the local Hugging Face cache {hf_cache_dir()}" + (
             " (the hub was not tried: offline mode)" if hub_offline() else " and the hub (not reachable)"
         )
+        supply = f"Supply it with `hf download {name_or_path}` on a machine with internet (copy the cache folder here), or set"
+    # a random model still needs its tokenizer and image processor: only weights and config have that way out
+    scratch = f", or model.encoder_options.{encoder}.pretrained=false for a randomly initialised model" if what in ("weights", "config") else ""
     return (
-        f"encoder {encoder!r}: cannot load the {what} of {name_or_path!r}: looked in {where}. "
-        f"Supply it with `hf download {name_or_path}` on a machine with internet (copy the cache folder here), "
-        f"or set model.encoder_options.{encoder}.name_or_path=/path/to/a/local/copy, "
-        f"or model.encoder_options.{encoder}.pretrained=false for a randomly initialised model. ({reason})"
+        f"encoder {encoder!r}: cannot load the {what} of {name_or_path!r}: looked in {where}. {supply} "
+        f"model.encoder_options.{encoder}.{option}=/path/to/a/local/copy{scratch}. ({reason})"
     )
 
 
-def from_hub(load: Callable[..., T], encoder: str, name_or_path: str, what: str, **kwargs: Any) -> T:
+def from_hub(
+    load: Callable[..., T], encoder: str, name_or_path: str, what: str, option: str = "name_or_path", **kwargs: Any
+) -> T:
     """`load(name_or_path, ...)` from the local folder or HF cache first, then the hub; else WeightsNotFoundError."""
     is_local = Path(name_or_path).expanduser().exists()
     source = str(Path(name_or_path).expanduser()) if is_local else name_or_path
@@ -85,7 +90,7 @@ def from_hub(load: Callable[..., T], encoder: str, name_or_path: str, what: str,
                 return load(source, cache_dir=cache, **kwargs)
             except (OSError, ValueError) as exc:
                 reason = str(exc).splitlines()[0]
-    raise WeightsNotFoundError(missing_weights_message(encoder, name_or_path, what, reason))
+    raise WeightsNotFoundError(missing_weights_message(encoder, name_or_path, what, reason, option))
 
 
 @contextlib.contextmanager
@@ -175,7 +180,8 @@ def load_tokenizer(encoder: str, tokenizer: str | None, name_or_path: str):
     """AutoTokenizer from `tokenizer` (a name or local folder) or else from the model's own."""
     from transformers import AutoTokenizer
 
-    return from_hub(AutoTokenizer.from_pretrained, encoder, tokenizer or name_or_path, "tokenizer")
+    option = "tokenizer" if tokenizer else "name_or_path"
+    return from_hub(AutoTokenizer.from_pretrained, encoder, tokenizer or name_or_path, "tokenizer", option)
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
