@@ -47,6 +47,14 @@ def clip_tokenizer(tmp_path_factory) -> str:
     return str(root / "tok")
 
 
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    """Fewer images than the shared fixture: the end-to-end runs encode them with a 224-px ResNet / ViT."""
+    from conftest import make_dataset
+
+    return make_dataset(tmp_path / "small", per_class=7, n_test=3)
+
+
 def bert_options(tokenizer: str, **extra) -> dict:
     return {"pretrained": False, "tokenizer": tokenizer, "config": {**TINY, "vocab_size": 64, "max_position_embeddings": 64}, **extra}
 
@@ -274,6 +282,7 @@ def assert_run_restores_exactly(run: Path, dataset: Path) -> None:
 
 def _train_predict(dataset: Path, run: Path, tmp_path: Path, sets: list[str]) -> list[str]:
     args = ["train", "--data", str(dataset), "--out", str(run), "--quiet", "--set", "train.epochs=3",
+            "--set", "data.val_fraction=0.25",
             "--set", "runtime.encode_batch_size=8"]
     for item in sets:
         args += ["--set", item]
@@ -285,25 +294,25 @@ def _train_predict(dataset: Path, run: Path, tmp_path: Path, sets: list[str]) ->
     return out.read_text().splitlines()
 
 
-def test_train_and_predict_tfidf_resnet18(dataset: Path, tmp_path: Path):
+def test_train_and_predict_tfidf_resnet18(small_dataset: Path, tmp_path: Path):
     run = tmp_path / "run_tfidf"
-    lines = _train_predict(dataset, run, tmp_path,
+    lines = _train_predict(small_dataset, run, tmp_path,
                            ["model.encoders=[tfidf,resnet18]", "model.encoder_options.resnet18.pretrained=false",
                             "model.encoder_options.tfidf.min_df=1"])
-    assert lines[0] == "guid,tag" and len(lines) == 1 + 6
+    assert lines[0] == "guid,tag" and len(lines) == 1 + 3
     saved = json.loads((run / "model.json").read_text())
     assert "tfidf" in json.dumps(saved) and "vocabulary" in json.dumps(saved)
 
 
-def test_train_and_predict_tiny_bert_and_blip_fused(dataset: Path, tmp_path: Path, bert_tokenizer: str):
+def test_train_and_predict_tiny_bert_and_blip_fused(small_dataset: Path, tmp_path: Path, bert_tokenizer: str):
     """Random tiny transformers given by options only: the run folder's config rebuilds them exactly."""
     bert, blip = json.dumps(bert_options(bert_tokenizer)), json.dumps(blip_options(bert_tokenizer))
     run = tmp_path / "run_hf"
-    lines = _train_predict(dataset, run, tmp_path,
+    lines = _train_predict(small_dataset, run, tmp_path,
                            ["model.encoders=[bert,blip_image,blip_itm]", f"model.encoder_options.bert={bert}",
                             f"model.encoder_options.blip_image={json.dumps(blip_options())}",
                             f"model.encoder_options.blip_itm={blip}"])
-    assert len(lines) == 1 + 6 and all(line.split(",")[1] in ("positive", "neutral", "negative") for line in lines[1:])
+    assert len(lines) == 1 + 3 and all(line.split(",")[1] in ("positive", "neutral", "negative") for line in lines[1:])
     assert load_config(run / "config.yaml").model.encoder_options["blip_itm"]["config"]["image_text_hidden_size"] == 16
 
 
