@@ -45,12 +45,12 @@ class _BlipPart(HFTower):
                 "encoder_hidden_states": image_states,  # (B, 1 + patches, H_vis)
                 "encoder_attention_mask": torch.ones(image_states.shape[:2], dtype=torch.long, device=image_states.device),
             }
-        return self.model.text_encoder(
+        return self.text_encoder(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs
         ).last_hidden_state
 
     def _image_states(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.vision_model(pixel_values=images).last_hidden_state  # (B, 1 + patches, H_vis)
+        return self.vision_model(pixel_values=images).last_hidden_state  # (B, 1 + patches, H_vis)
 
 
 @register_encoder("blip_text", "BLIP text encoder CLS, projected (default Salesforce/blip-itm-base-coco, 256-d)")
@@ -69,10 +69,11 @@ class BlipTextEncoder(_BlipPart, TextEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        model = self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        self.text_encoder, self.text_proj = model.text_encoder, model.text_proj
         self._init_tokenizer(tokenizer, max_length)
-        self.dim = int(self.model.config.image_text_hidden_size)
-        self.token_dim = int(self.model.config.text_config.hidden_size)
+        self.dim = int(self.hf_config.image_text_hidden_size)
+        self.token_dim = int(self.hf_config.text_config.hidden_size)
 
     def fingerprint(self) -> str:
         return f"blip_text|{self._weights_id}|{self._tok_key()}"
@@ -85,7 +86,7 @@ class BlipTextEncoder(_BlipPart, TextEncoder):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cls = self._text_states(batch)[:, 0]  # (B, H_text)
-        return normalize(self.model.text_proj(cls), dim=-1)  # (B, 256)
+        return normalize(self.text_proj(cls), dim=-1)  # (B, 256)
 
 
 @register_encoder("blip_image", "BLIP ViT image CLS, projected (default Salesforce/blip-itm-base-coco, 256-d)")
@@ -102,10 +103,11 @@ class BlipImageEncoder(_BlipPart, ImageEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        model = self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        self.vision_model, self.vision_proj = model.vision_model, model.vision_proj
         self._init_images(_blip_processor_cls())
-        self.dim = int(self.model.config.image_text_hidden_size)
-        self.token_dim = int(self.model.config.vision_config.hidden_size)
+        self.dim = int(self.hf_config.image_text_hidden_size)
+        self.token_dim = int(self.hf_config.vision_config.hidden_size)
 
     def fingerprint(self) -> str:
         return f"blip_image|{self._weights_id}|{self.preprocessing.key()}"
@@ -116,7 +118,7 @@ class BlipImageEncoder(_BlipPart, ImageEncoder):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         cls = self._image_states(images)[:, 0]  # (B, H_vis)
-        return normalize(self.model.vision_proj(cls), dim=-1)  # (B, 256)
+        return normalize(self.vision_proj(cls), dim=-1)  # (B, 256)
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,13 @@ class BlipItmEncoder(_BlipPart, ImageEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed)
+        # its own model, not the shared one: the fused encoder uses the towers of blip_text / blip_image
+        # too, and the encoders' parameters must stay disjoint when they are used together
+        model = self._init_model(_blip_model_cls(), "blip", name_or_path, pretrained, config, seed, share=False)
+        self.vision_model, self.text_encoder = model.vision_model, model.text_encoder
         self._init_tokenizer(tokenizer, max_length)
         self._init_images(_blip_processor_cls())
-        self.dim = int(self.model.config.text_config.hidden_size)
+        self.dim = int(self.hf_config.text_config.hidden_size)
         self.token_dim = self.dim
 
     def fingerprint(self) -> str:

@@ -35,10 +35,11 @@ class ClipTextEncoder(HFTower, TextEncoder):
         seed: int = 0,
     ):
         super().__init__()
-        self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        model = self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        self.text_model, self.text_projection = model.text_model, model.text_projection
         self._init_tokenizer(tokenizer, max_length)
-        self.dim = int(self.model.config.projection_dim)
-        self.token_dim = int(self.model.config.text_config.hidden_size)
+        self.dim = int(self.hf_config.projection_dim)
+        self.token_dim = int(self.hf_config.text_config.hidden_size)
 
     def fingerprint(self) -> str:
         return f"clip_text|{self._weights_id}|{self._tok_key()}"
@@ -47,7 +48,7 @@ class ClipTextEncoder(HFTower, TextEncoder):
         return self.collate_text(items)
 
     def _text(self, batch: dict[str, torch.Tensor]):
-        return self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     def forward_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self._text(batch)
@@ -55,7 +56,7 @@ class ClipTextEncoder(HFTower, TextEncoder):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = self._text(batch).pooler_output  # (B, H_text): the EOS token after the final norm
-        return self.model.text_projection(pooled)  # (B, projection_dim)
+        return self.text_projection(pooled)  # (B, projection_dim)
 
 
 @register_encoder("clip_image", "CLIP image tower, projected (default openai/clip-vit-base-patch32, 512-d)")
@@ -74,18 +75,19 @@ class ClipImageEncoder(HFTower, ImageEncoder):
         super().__init__()
         from transformers import CLIPImageProcessor
 
-        self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        model = self._init_model(_clip_model_cls(), "clip", name_or_path, pretrained, config, seed)
+        self.vision_model, self.visual_projection = model.vision_model, model.visual_projection
         self._init_images(CLIPImageProcessor)  # size, mean, std, bicubic from the model's processor config
-        self.dim = int(self.model.config.projection_dim)
-        self.token_dim = int(self.model.config.vision_config.hidden_size)
+        self.dim = int(self.hf_config.projection_dim)
+        self.token_dim = int(self.hf_config.vision_config.hidden_size)
 
     def fingerprint(self) -> str:
         return f"clip_image|{self._weights_id}|{self.preprocessing.key()}"
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.model.vision_model(pixel_values=images).last_hidden_state  # (B, 1 + patches, H_vis)
+        tokens = self.vision_model(pixel_values=images).last_hidden_state  # (B, 1 + patches, H_vis)
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.vision_model(pixel_values=images).pooler_output  # (B, H_vis): CLS after post-norm
-        return self.model.visual_projection(pooled)  # (B, projection_dim)
+        pooled = self.vision_model(pixel_values=images).pooler_output  # (B, H_vis): CLS after post-norm
+        return self.visual_projection(pooled)  # (B, projection_dim)

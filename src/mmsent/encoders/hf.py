@@ -246,25 +246,33 @@ def shared_model(spec: HFModelSpec, model_cls) -> torch.nn.Module:
 class HFTower:
     """Mixin for encoders that are one tower of a shared Hugging Face model (CLIP, BLIP).
 
-    Options: name_or_path, pretrained, config (a dict, with pretrained=false), seed; text towers
-    add tokenizer and max_length, image towers take their preprocessing from the model's image processor.
+    The full model is loaded once per process and kept out of the module tree: each encoder registers
+    only the parts it uses, so the encoders' parameters and state dicts are disjoint (fine-tuning,
+    saving and parameter counts see each tower once). Options: name_or_path, pretrained, config (a
+    dict, with pretrained=false), seed; text towers add tokenizer and max_length, image towers take
+    their preprocessing from the model's image processor.
     """
 
     name: str
 
-    def _init_model(self, model_cls, model_type: str, name_or_path: str, pretrained: bool, config, seed: int) -> None:
+    def _init_model(self, model_cls, model_type: str, name_or_path: str, pretrained: bool, config, seed: int, share: bool = True):
+        """Load (or reuse, if share) the full model; returns it for the caller to take its parts from."""
         self.spec = HFModelSpec(self.name, name_or_path, pretrained, config, seed, default_model_type=model_type)
-        self.model = shared_model(self.spec, model_cls)
-        self._weights_id = self.spec.weights_id(self.model)
+        model = shared_model(self.spec, model_cls) if share else self.spec.build_model(model_cls)
+        if share:
+            self.__dict__["shared_model"] = model  # a plain reference that keeps it cached, not a submodule
+        self.hf_config = model.config
+        self._weights_id = self.spec.weights_id(model)
+        return model
 
     def _init_tokenizer(self, tokenizer: str | None, max_length: int) -> None:
         self.tokenizer_name = tokenizer
         self.tokenizer = load_tokenizer(self.name, tokenizer, self.spec.name_or_path)
-        self.max_length = min(max_length, int(self.model.config.text_config.max_position_embeddings))
+        self.max_length = min(max_length, int(self.hf_config.text_config.max_position_embeddings))
 
     def _init_images(self, processor_cls) -> None:
         processor = load_image_processor(self.spec, processor_cls)
-        self.preprocessing = preprocessing_from_processor(processor, int(self.model.config.vision_config.image_size))
+        self.preprocessing = preprocessing_from_processor(processor, int(self.hf_config.vision_config.image_size))
 
     def _tok_key(self) -> str:
         return f"tok={self.tokenizer_name or self.spec.name_or_path}:{len(self.tokenizer)}|max_length={self.max_length}"
