@@ -57,9 +57,14 @@ class EfficientNetLite0Encoder(ImageEncoder):
             self._weights_id = "random"
         self.model._fc = torch.nn.Identity()  # the ImageNet classifier is not used
         self.dim = 1280
+        self.token_dim = 1280
 
     def fingerprint(self) -> str:
         return f"efficientnet_lite0|{self._weights_id}|{self.preprocessing.key()}"
+
+    def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.model.extract_features(images).flatten(2).transpose(1, 2)  # (B, 49, 1280): one per patch
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         fmap = self.model.extract_features(images)  # (B, 1280, 7, 7)

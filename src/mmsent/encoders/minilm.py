@@ -62,6 +62,7 @@ class MiniLMEncoder(TextEncoder):
         self.pretrained = pretrained
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
+        self.token_dim = self.dim
         weights = path / "model.safetensors"
         self._weights_id = f"{weights.stat().st_size}" if weights.exists() else "unknown"
 
@@ -74,7 +75,11 @@ class MiniLMEncoder(TextEncoder):
             self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         )
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
-        pooled = mean_pool(hidden, batch["attention_mask"])  # (B, 384)
+        return hidden, batch["attention_mask"].bool()  # (B, T, 384), (B, T)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden, mask = self.forward_tokens(batch)
+        pooled = mean_pool(hidden, mask)  # (B, 384)
         return torch.nn.functional.normalize(pooled, dim=-1)
