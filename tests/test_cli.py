@@ -197,3 +197,19 @@ def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tm
     for fig in ("metrics.png", "val_curves.png", "params_vs_time.png", "results.md"):
         assert (out / fig).is_file()
     assert read_manifest(out)["kind"] == "compare"
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_cross_attention_head_end_to_end(dataset: Path, tmp_path: Path, mode: str):
+    out = tmp_path / mode
+    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet",
+            "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "model.head=cross_attention",
+            "--set", "model.hidden_dim=32", "--set", "train.epochs=2", "--set", f"train.mode={mode}",
+            "--set", "train.batch_size=16", "--set", "runtime.num_workers=0"]
+    assert main(args) == 0
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["token_encoders"] == ["efficientnet_lite0"]  # 7x7 patches; VADER joins each as pooled features
+    pred = tmp_path / f"{mode}.txt"
+    assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids",
+                 str(dataset / "test_without_label.txt"), "--out", str(pred), "--quiet"]) == 0
+    assert len(pred.read_text().splitlines()) == 7

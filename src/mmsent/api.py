@@ -168,6 +168,7 @@ def train(
     t_start = time.perf_counter()
     apply_runtime(cfg)
     seed_everything(cfg.train.seed)
+    encoders = build_encoders(cfg)  # missing weights stop here, before any data work
     dataset = dataset or load_training_data(data_dir, cfg)
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
@@ -181,7 +182,6 @@ def train(
         dataset.write_skipped(out_dir / "skipped.json")
 
     t_enc = time.perf_counter()
-    encoders = build_encoders(cfg)
     for encoder in encoders.values():
         encoder.fit(train_records, cfg)  # stateful encoders learn from the training split only
     token_encoders = choose_token_encoders(cfg, encoders)
