@@ -22,7 +22,7 @@ from mmsent.encoders.features import EncodeStats, encode_records
 from mmsent.engine.checkpoint import build_classifier, load_checkpoint, save_checkpoint
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
-from mmsent.engine.trainer import FeatureBatches, FitResult, fit, predict_proba, seed_everything
+from mmsent.engine.trainer import EpochCallback, FeatureBatches, FitResult, fit, predict_proba, seed_everything
 from mmsent.errors import DataError, MmsentError
 from mmsent.model import FusionClassifier
 
@@ -112,12 +112,14 @@ def train(
     dataset: DataSet | None = None,
     split: tuple[list[Record], list[Record]] | None = None,
     extra_train: list[Record] | None = None,
+    callbacks: list[EpochCallback] | None = None,
 ) -> TrainResult:
     """Train a model and write the complete run folder to out_dir.
 
     By default the train list of data_dir is split by data.val_fraction / data.split_seed;
     `split` gives explicit (train, validation) records instead (k-fold mining), and
     `extra_train` adds records (augmented copies) to training. The leak guard checks all of it.
+    `callbacks` see each epoch's record (a search's pruner raises from one to stop a trial).
     """
     t_start = time.perf_counter()
     apply_runtime(cfg)
@@ -152,7 +154,7 @@ def train(
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
     train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
     val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
-    result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, quiet=quiet)
+    result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
 
     probs, _, _ = predict_proba(classifier, val_batches)
     metrics = compute_metrics(y_val, probs)
