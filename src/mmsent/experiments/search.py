@@ -126,7 +126,7 @@ def remaining_grid(study: optuna.Study, space: SearchSpace) -> list[dict[str, An
 
 def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: int, attempts: int = 5) -> optuna.Study:
     """Create the study or load it to resume (several workers may share it)."""
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3) if prune else optuna.pruners.NopPruner()
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=5) if prune else optuna.pruners.NopPruner()
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -201,13 +201,16 @@ def trial_rows(study: optuna.Study, objective: str) -> list[dict]:
     for t in study.get_trials(deepcopy=False):
         if "duplicate_of" in t.user_attrs:
             continue  # a raced duplicate that trained nothing
-        row = {"trial": t.number, "state": t.state.name.lower(), objective: t.value}
+        # Optuna gives a pruned trial its last epoch's score as value: keep that apart from finished runs
+        value = t.value if t.state == TrialState.COMPLETE else None
+        row = {"trial": t.number, "state": t.state.name.lower(), objective: value}
         row.update({k: v for k, v in t.params.items()})
         row.update({m: t.user_attrs.get(m) for m in METRICS if m != objective})
         for extra in ("best_epoch", "train_seconds", "total_seconds", "run_dir"):
             row[extra] = t.user_attrs.get(extra)
         if t.state == TrialState.PRUNED and t.intermediate_values:
             row["pruned_at_epoch"] = max(t.intermediate_values)
+            row[f"pruned_{objective}"] = t.intermediate_values[row["pruned_at_epoch"]]
         rows.append(row)
     rows.sort(key=lambda r: (r[objective] is None, -(r[objective] or 0.0), r["trial"]))
     return rows
