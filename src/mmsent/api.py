@@ -32,7 +32,7 @@ from mmsent.engine.checkpoint import (
 )
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
-from mmsent.engine.trainer import FeatureBatches, FitResult, fit, predict_proba, seed_everything
+from mmsent.engine.trainer import EpochCallback, FeatureBatches, FitResult, fit, predict_proba, seed_everything
 from mmsent.errors import DataError, MmsentError
 from mmsent.data.dataset import record_batches
 from mmsent.model import FusionClassifier, MultimodalModel
@@ -156,7 +156,7 @@ def train(
     dataset: DataSet | None = None,
     split: tuple[list[Record], list[Record]] | None = None,
     extra_train: list[Record] | None = None,
-    callbacks: list | None = None,
+    callbacks: list[EpochCallback] | None = None,
 ) -> TrainResult:
     """Train a model and write the complete run folder to out_dir.
 

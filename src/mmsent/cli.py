@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write; report.md goes beside it")
     p.add_argument("--data-report", type=Path, help="JSON written by `mmsent data check`")
     _add_badcase_parsers(sub)
+    _add_experiment_parsers(sub)
     return parser
 
 
@@ -115,6 +116,55 @@ def _add_badcase_parsers(sub) -> None:
     p.add_argument("--augment", type=Path, required=True, action="append", help="augmentation folder (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument("--data", type=Path, help="data set folder (default: the one `mmsent augment` recorded)")
+    _add_common(p)
+
+
+def _add_experiment_parsers(sub) -> None:
+    """The optimisation stage: search, variants, seeds, robustness, ablate."""
+    p = sub.add_parser("search", help="hyperparameter search with Optuna (grid or TPE), resumable")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="search folder (trials/, results, best.yaml, study.db)")
+    _add_config_args(p)
+    space = p.add_mutually_exclusive_group(required=True)
+    space.add_argument("--grid", type=Path, help="YAML: config key -> list of values (every combination)")
+    space.add_argument("--space", type=Path, help="YAML: config key -> {low, high, log} or {choices} (TPE)")
+    p.add_argument("--trials", type=int, help="trials to run in this call (required with --space)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it between machines")
+    p.add_argument("--study-name", default="mmsent-search")
+    p.add_argument("--objective", default="macro_f1", help="validation metric to maximise")
+    p.add_argument("--no-prune", action="store_true", help="no median pruning of hopeless trials")
+    p.add_argument("--verbose", action="store_true", help="progress bars of each trial")
+
+    p = sub.add_parser("variants", help="train a base config with sets of overrides, side by side")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--variants", type=Path, required=True, help="YAML: variant name -> {config key: value}")
+    _add_config_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("seeds", help="retrain with several seeds: mean, std, 95%% confidence interval")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seeds", default="42,123,2024", help="comma-separated seeds")
+    p.add_argument("--vary-split", action="store_true", help="also use each seed as data.split_seed")
+    _add_config_args(p)
+    _add_common(p)
+
+    p = sub.add_parser("robustness", help="evaluate a run on its validation split under perturbations")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--perturbations", help="comma-separated subset of noise,blur,jpeg,downscale,typos,hashtags")
+    p.add_argument("--levels", action="append", default=[], metavar="NAME=L1,L2",
+                   help="levels of one perturbation, e.g. blur=1,3 (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random perturbations")
+    _add_common(p)
+
+    p = sub.add_parser("ablate", help="modality ablation of a multimodal run (blanked, or --retrain)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--retrain", action="store_true", help="also train text-only and image-only models")
     _add_common(p)
 
 
@@ -264,6 +314,60 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from mmsent.experiments.search import SearchSpace, load_grid, load_space, run_search
+
+    space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
+    result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
+                        storage=args.storage, study_name=args.study_name, objective=args.objective,
+                        prune=not args.no_prune, quiet=not args.verbose)
+    print(f"ran {result.ran} trial(s) here; the study {result.study_name!r} has {len(result.rows)} ({result.storage})")
+    if result.best_value is not None:
+        print(f"best validation {args.objective}: {result.best_value:.4f}; config: {args.out / 'best.yaml'}")
+    print(f"results: {args.out / 'results.md'}")
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from mmsent.experiments.common import markdown_table
+    from mmsent.experiments.variants import load_variants, run_variants
+
+    rows = run_variants(args.data, args.out, _config(args), load_variants(args.variants), command_line(args.argv), args.quiet)
+    print(markdown_table(rows, ["variant", "accuracy", "macro_f1", "parameters", "train_seconds"]))
+    return 0
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from mmsent.experiments.common import markdown_table
+    from mmsent.experiments.seeds import parse_seeds, run_seeds
+
+    rows, note = run_seeds(args.data, args.out, _config(args), parse_seeds(args.seeds), command_line(args.argv),
+                           vary_split=args.vary_split, quiet=args.quiet)
+    print(markdown_table(rows, ["seed", "accuracy", "macro_f1", "macro_precision", "macro_recall"]))
+    print(note)
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from mmsent.experiments.common import markdown_table
+    from mmsent.experiments.robustness import parse_levels, run_robustness
+
+    names = [n.strip() for n in args.perturbations.split(",")] if args.perturbations else None
+    rows = run_robustness(args.run, args.data, args.out, command_line(args.argv), names, parse_levels(args.levels),
+                          seed=args.seed, quiet=args.quiet)
+    print(markdown_table(rows, ["perturbation", "level", "accuracy", "macro_f1", "drop_macro_f1"]))
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from mmsent.experiments.ablation import run_ablation
+    from mmsent.experiments.common import markdown_table
+
+    rows = run_ablation(args.run, args.data, args.out, command_line(args.argv), retrain=args.retrain, quiet=args.quiet)
+    print(markdown_table(rows, ["setting", "method", "accuracy", "macro_f1"]))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -277,6 +381,11 @@ COMMANDS = {
     "badcases": cmd_badcases,
     "augment": cmd_augment,
     "retrain": cmd_retrain,
+    "search": cmd_search,
+    "variants": cmd_variants,
+    "seeds": cmd_seeds,
+    "robustness": cmd_robustness,
+    "ablate": cmd_ablate,
 }
 
 

@@ -1,0 +1,91 @@
+"""Figures of the optimisation experiments: search trials, metric bars, seed spread, robustness curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmsent.reporting.plots import _save, plt
+
+
+def plot_search(rows: list[dict], objective: str, keys: list[str], trials_path: Path, params_path: Path) -> None:
+    """The objective per trial (with the running best) and against each hyperparameter."""
+    done = sorted((r for r in rows if r.get(objective) is not None), key=lambda r: r["trial"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if done:
+        x = [r["trial"] for r in done]
+        y = [r[objective] for r in done]
+        ax.scatter(x, y, label="trial")
+        ax.step(x, np.maximum.accumulate(y), where="post", color="tab:red", label="best so far")
+        ax.legend()
+    ax.set(xlabel="trial", ylabel=objective, title=f"Search: {objective} per trial")
+    _save(fig, trials_path)
+
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.2 * max(len(keys), 1), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
+        values = [r.get(key) for r in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and values:
+            ax.scatter(values, [r[objective] for r in done])
+            if all(v > 0 for v in values) and max(values) / min(values) >= 10:
+                ax.set_xscale("log")
+        elif values:
+            labels = sorted({str(v) for v in values})
+            ax.scatter([labels.index(str(v)) for v in values], [r[objective] for r in done])
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+        ax.set(xlabel=key, ylabel=objective)
+    fig.suptitle(f"{objective} per hyperparameter")
+    _save(fig, params_path)
+
+
+def plot_metric_bars(rows: list[dict], name_key: str, metrics: list[str], path: Path, title: str) -> Path:
+    """Grouped bars: one group per row (variant, ablation setting), one bar per metric."""
+    names = [str(r[name_key]) for r in rows]
+    width = 0.8 / max(len(metrics), 1)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) * max(len(metrics), 1) * 0.5 + 2), 3.8))
+    x = np.arange(len(names))
+    for i, metric in enumerate(metrics):
+        values = [float(r[metric]) if r.get(metric) not in (None, "") else np.nan for r in rows]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=metric)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0)
+    ax.set(ylabel="score", title=title, ylim=(0, 1.05))
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_seeds(rows: list[dict], mean: dict, half_width: dict, metrics: list[str], path: Path) -> Path:
+    """Each seed's score per metric, with the mean and its 95% confidence interval."""
+    fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 2, 3.8))
+    for i, metric in enumerate(metrics):
+        ys = [r[metric] for r in rows if r.get(metric) is not None]
+        ax.scatter(np.full(len(ys), i) + np.linspace(-0.12, 0.12, len(ys)), ys, color="tab:blue", s=18,
+                   label="seed" if i == 0 else None)
+        if mean.get(metric) is not None:
+            ax.errorbar(i + 0.25, mean[metric], yerr=half_width.get(metric) or 0.0, fmt="o", color="tab:red",
+                        capsize=4, label="mean ± 95% CI" if i == 0 else None)
+    ax.set_xticks(range(len(metrics)), metrics, rotation=20)
+    ax.set(ylabel="score", title="Seed stability")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_robustness(rows: list[dict], metric: str, path: Path) -> Path:
+    """The metric against perturbation level, one panel per perturbation, clean as a dashed line."""
+    clean = next((r[metric] for r in rows if r["perturbation"] == "clean"), None)
+    names = list(dict.fromkeys(r["perturbation"] for r in rows if r["perturbation"] != "clean"))
+    cols = min(3, max(len(names), 1))
+    nrows = (len(names) + cols - 1) // cols or 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names, strict=False):
+        pts = [r for r in rows if r["perturbation"] == name]
+        ax.plot([r["level"] for r in pts], [r[metric] for r in pts], marker="o")
+        if clean is not None:
+            ax.axhline(clean, color="gray", linestyle="--", linewidth=0.8, label="clean")
+        ax.set(title=f"{name} ({pts[0]['modality']})", xlabel=pts[0].get("unit", "level"), ylabel=metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{metric} under perturbation")
+    return _save(fig, path)
