@@ -221,7 +221,8 @@ def test_clean_augmentation_is_added_to_training_only(mined, tmp_path: Path):
     assert train_with(mined, out, folder) == 0
     split = json.loads((out / "split.json").read_text())
     assert split["val"] == mined["split"]["val"]
-    assert split["train"] == mined["split"]["train"] + [f"aug-z-{s}-0" for s in sources]
+    assert split["train"] == mined["split"]["train"]
+    assert split["augmented"] == [f"aug-z-{s}-0" for s in sources]
 
 
 def test_retrain_prints_before_and_after_on_the_same_validation_split(mined, tmp_path: Path, capsys):

@@ -248,9 +248,12 @@ def train(
     if cfg.train.mode == "finetune":
         save_encoder_weights(out_dir, encoders)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    (out_dir / "split.json").write_text(
-        json.dumps({"train": [r.guid for r in train_records], "val": [r.guid for r in val_records]}), encoding="utf-8"
-    )
+    split_guids = {
+        "train": [r.guid for r in train_records if r.source_guid is None],
+        "val": [r.guid for r in val_records],
+        "augmented": [r.guid for r in train_records if r.source_guid is not None],
+    }
+    (out_dir / "split.json").write_text(json.dumps(split_guids), encoding="utf-8")
     write_history(result.history, out_dir / "history.csv")
     write_probabilities(val_records, probs, out_dir / "val_predictions.csv")
     write_run_plots(out_dir, result.history, result.best_epoch, y_val, probs, metrics)
