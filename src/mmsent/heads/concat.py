@@ -19,6 +19,11 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float, layers: int 
     return nn.Sequential(*blocks)
 
 
+def input_block(dim: int, layernorm: bool, dropout: float) -> list[nn.Module]:
+    """What every head does to its inputs first: optional LayerNorm, then dropout."""
+    return [nn.LayerNorm(dim) if layernorm else nn.Identity(), nn.Dropout(dropout)]
+
+
 @register_head("concat")
 class ConcatHead(nn.Module):
     """Concatenate the modality features, optionally LayerNorm them, then a one-hidden-layer MLP."""
@@ -35,13 +40,12 @@ class ConcatHead(nn.Module):
         super().__init__()
         self.modalities = sorted(input_dims)
         total = sum(input_dims.values())
-        self.norm = nn.LayerNorm(total) if layernorm else nn.Identity()
-        self.input_dropout = nn.Dropout(dropout)
+        self.inputs = nn.Sequential(*input_block(total, layernorm, dropout))
         self.mlp = mlp(total, hidden_dim, num_classes, dropout, layers)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
-        return self.mlp(self.input_dropout(self.norm(fused)))  # (B, C)
+        return self.mlp(self.inputs(fused))  # (B, C)
 
 
 @register_head("ln")

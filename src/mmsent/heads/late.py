@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmsent.heads.concat import mlp
+from mmsent.heads.concat import input_block, mlp
 from mmsent.heads.registry import register_head
 
 
@@ -25,9 +25,7 @@ class LateFusionHead(nn.Module):
         self.modalities = sorted(input_dims)
         self.branches = nn.ModuleDict(
             {
-                m: nn.Sequential(
-                    nn.LayerNorm(d) if layernorm else nn.Identity(), nn.Dropout(dropout), mlp(d, hidden_dim, num_classes, dropout)
-                )
+                m: nn.Sequential(*input_block(d, layernorm, dropout), mlp(d, hidden_dim, num_classes, dropout))
                 for m, d in input_dims.items()
             }
         )
