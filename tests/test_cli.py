@@ -193,6 +193,7 @@ def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tm
                                            "tiny_vader_effnet (image only)", "tiny_missing"]
     assert all(r["status"] == "ok" for r in rows[:3])
     assert rows[3]["status"].startswith("weights missing") and "/nope.pth" in rows[3]["status"]
+    assert "/nope.pth" in (out / "runs" / "tiny_missing" / "error.txt").read_text()
     assert float(rows[1]["params_m"]) < float(rows[0]["params_m"])
     for fig in ("metrics.png", "val_curves.png", "params_vs_time.png", "results.md"):
         assert (out / fig).is_file()

@@ -52,8 +52,14 @@ def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
     }
 
 
-def _failed_row(name: str, modalities: str, reason: str) -> dict:
-    return {"preset": name, "modalities": modalities, "status": reason.splitlines()[0]}
+def _failed_row(name: str, modalities: str, reason: str, run_dir: Path) -> dict:
+    """A row that says in one line why the preset could not run; the full message goes to run_dir/error.txt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").write_text(reason + "\n", encoding="utf-8")
+    short = reason.splitlines()[0].split(": looked in")[0]
+    if len(short) > 140:
+        short = short[:137] + "..."
+    return {"preset": name, "modalities": modalities, "status": f"{short} (see runs/{run_dir.name}/error.txt)"}
 
 
 def _read_history(run_dir: Path) -> list[dict]:
@@ -96,10 +102,10 @@ def compare(
                     variant_cfg = modality_config(cfg, modalities, modalities_of)
                 result = train(Path(data_dir), run_dir, variant_cfg, quiet=quiet, dataset=dataset)
             except WeightsNotFoundError as exc:
-                rows.append(_failed_row(label, modalities, f"weights missing: {exc}"))
+                rows.append(_failed_row(label, modalities, f"weights missing: {exc}", run_dir))
                 break  # its ablation rows cannot run either
             except MmsentError as exc:
-                rows.append(_failed_row(label, modalities, f"failed: {exc}"))
+                rows.append(_failed_row(label, modalities, f"failed: {exc}", run_dir))
                 continue
             if modalities == "both":
                 import json
