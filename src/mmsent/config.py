@@ -119,6 +119,21 @@ def _validate(raw: dict[str, Any], source: str) -> Config:
         raise ConfigError("\n".join(lines)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, allow_empty: bool = True) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a config, grid, space or variants file); clear errors otherwise."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file {path} is not valid YAML: {exc}") from None
+    if loaded is None and allow_empty:
+        return {}
+    if not isinstance(loaded, dict) or (not loaded and not allow_empty):
+        raise ConfigError(f"{what} file {path} must hold a {'' if allow_empty else 'non-empty '}mapping")
+    return loaded
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> Config:
@@ -132,16 +147,7 @@ def load_config(
         source = f"preset {preset}"
     if path is not None:
         source = str(path) if source == "defaults" else f"{source} + {path}"
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        loaded = read_yaml_mapping(path, "config")
         from mmsent.presets import deep_merge
 
         raw = deep_merge(raw, loaded)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from mmsent import LABELS
-from mmsent.config import Config, _validate, config_to_dict
+from mmsent.config import Config, _validate, config_to_dict, read_yaml_mapping
 from mmsent.data.records import TRAIN_LIST, Record, load_records
 from mmsent.errors import ConfigError, MmsentError
 
@@ -43,15 +42,7 @@ def metric_row(metrics: dict) -> dict[str, Any]:
 
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
     """A YAML file that must hold a non-empty mapping (grid, space, variants)."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MmsentError(f"{what} file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise MmsentError(f"{what} file {path} is not valid YAML: {exc}") from None
-    if not isinstance(loaded, dict) or not loaded:
-        raise MmsentError(f"{what} file {path} must hold a non-empty mapping")
-    return loaded
+    return read_yaml_mapping(path, what, allow_empty=False)
 
 
 def run_split(run_dir: Path) -> dict[str, list[str]]:
