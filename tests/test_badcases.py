@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 from PIL import Image
 
 from mmsent import LABELS
@@ -16,11 +17,14 @@ from mmsent.api import ensemble_proba, load_run, load_runs
 from mmsent.cli import main
 from mmsent.data.labels import read_label_file
 from mmsent.engine.metrics import compute_metrics
-from mmsent.experiments.augment import AugmentOptions, augment_text, random_deletion, random_swap
+from mmsent.experiments.augment import (
+    AugmentOptions,
+    augment_text,
+    random_deletion,
+    random_swap,
+)
 from mmsent.experiments.badcases import CASE_COLUMNS
 from mmsent.experiments.common import read_manifest, read_table
-
-from conftest import make_dataset
 
 FAST = ["--set", "model.encoders=[vader]", "--set", "train.epochs=4", "--quiet"]
 

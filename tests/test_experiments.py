@@ -12,7 +12,12 @@ from mmsent.api import evaluate
 from mmsent.cli import main
 from mmsent.config import load_config
 from mmsent.experiments.common import read_manifest, read_table
-from mmsent.experiments.perturb import PERTURBATIONS, char_typos, gaussian_noise, remove_hashtags
+from mmsent.experiments.perturb import (
+    PERTURBATIONS,
+    char_typos,
+    gaussian_noise,
+    remove_hashtags,
+)
 from mmsent.experiments.search import SearchSpace, run_search
 
 TINY = ["--set", "model.encoders=[vader]", "--set", "train.epochs=3", "--set", "model.hidden_dim=8", "--quiet"]

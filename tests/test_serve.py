@@ -8,11 +8,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import draw_image, make_dataset
 from fastapi.testclient import TestClient
 
 from mmsent import LABELS
 from mmsent.cli import main
-from conftest import draw_image, make_dataset
 
 
 @pytest.fixture(scope="module")

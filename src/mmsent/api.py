@@ -16,14 +16,27 @@ import torch
 from mmsent import LABELS
 from mmsent.config import Config
 from mmsent.data.augmented import load_augmented
+from mmsent.data.dataset import record_batches
 from mmsent.data.guard import check_no_leak
 from mmsent.data.labels import write_label_file
-from mmsent.data.records import TEST_LIST, DataSet, Record, load_dataset, load_records, require_data_dir
+from mmsent.data.records import (
+    TEST_LIST,
+    DataSet,
+    Record,
+    load_dataset,
+    load_records,
+    require_data_dir,
+)
 from mmsent.data.splits import stratified_split
 from mmsent.encoders import Encoder, create_encoder
+from mmsent.encoders.features import (
+    EncodeStats,
+    encode_records,
+    encode_tokens,
+    has_tokens,
+    token_dim,
+)
 from mmsent.encoders.registry import encoder_accepts
-from mmsent.heads.registry import head_is_token_level
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, has_tokens, token_dim
 from mmsent.engine.checkpoint import (
     build_classifier,
     load_checkpoint,
@@ -33,9 +46,16 @@ from mmsent.engine.checkpoint import (
 )
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
-from mmsent.engine.trainer import EpochCallback, FeatureBatches, FitResult, fit, predict_proba, seed_everything
+from mmsent.engine.trainer import (
+    EpochCallback,
+    FeatureBatches,
+    FitResult,
+    fit,
+    predict_proba,
+    seed_everything,
+)
 from mmsent.errors import DataError, MmsentError
-from mmsent.data.dataset import record_batches
+from mmsent.heads.registry import head_is_token_level
 from mmsent.model import FusionClassifier, MultimodalModel
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}

@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from mmsent.config import Config, TextConfig
-from mmsent.data.images import ImagePreprocessing, eval_transform, open_image, train_transform
+from mmsent.data.images import (
+    ImagePreprocessing,
+    eval_transform,
+    open_image,
+    train_transform,
+)
 from mmsent.data.records import Record
 from mmsent.data.text import clean_text
 

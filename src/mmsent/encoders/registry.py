@@ -24,7 +24,16 @@ def register_encoder(name: str, description: str = "") -> Callable:
 
 def _ensure_builtins() -> None:
     # imported lazily so `import mmsent` loads no model code
-    from mmsent.encoders import bert, blip, clip, efficientnet_lite, minilm, resnet, tfidf, vader  # noqa: F401
+    from mmsent.encoders import (  # noqa: F401
+        bert,
+        blip,
+        clip,
+        efficientnet_lite,
+        minilm,
+        resnet,
+        tfidf,
+        vader,
+    )
 
 
 def list_encoders() -> dict[str, str]:

@@ -8,7 +8,13 @@ from mmsent.api import encode_labels, load_run, load_training_data, train
 from mmsent.engine.metrics import compute_metrics
 from mmsent.errors import MmsentError
 from mmsent.experiments.common import write_manifest, write_table
-from mmsent.experiments.runs import METRICS, config_with, guid_records, metric_row, run_split
+from mmsent.experiments.runs import (
+    METRICS,
+    config_with,
+    guid_records,
+    metric_row,
+    run_split,
+)
 
 SETTINGS = {"both": frozenset(), "text only": frozenset({"image"}), "image only": frozenset({"text"})}
 

@@ -120,7 +120,11 @@ def compare(
 
 
 def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) -> None:
-    from mmsent.reporting.plots import plot_compare_curves, plot_metric_bars, plot_params_vs_time
+    from mmsent.reporting.plots import (
+        plot_compare_curves,
+        plot_metric_bars,
+        plot_params_vs_time,
+    )
 
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:

@@ -7,7 +7,6 @@ import hashlib
 import io
 from pathlib import Path
 
-
 from mmsent.api import encode_labels, extract_features, load_run
 from mmsent.data.images import open_image
 from mmsent.data.records import Record

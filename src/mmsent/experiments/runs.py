@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from mmsent import LABELS
 from mmsent.config import Config, _validate, config_to_dict, read_yaml_mapping
 from mmsent.data.records import TRAIN_LIST, Record, load_records

@@ -15,7 +15,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from mmsent import LABELS, __version__
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import MANIFEST, markdown_table, read_manifest, read_table
+from mmsent.experiments.common import (
+    MANIFEST,
+    markdown_table,
+    read_manifest,
+    read_table,
+)
 
 # Fixed section order; kinds not listed here come after them, by name.
 KIND_ORDER = ["data", "compare", "search", "variants", "seeds", "robustness", "ablation", "badcases", "retrain", "train", "run"]
