@@ -25,6 +25,7 @@ run: $(BIN)/mmsent
 	$(BIN)/mmsent run --data $(DATA) --out $(OUT)
 
 test: $(BIN)/mmsent
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/mmsent
