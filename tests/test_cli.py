@@ -94,6 +94,11 @@ def test_run_predicts_the_test_list(dataset: Path, tmp_path: Path, capsys):
     assert [line.split(",")[0] for line in lines] == [line.split(",")[0] for line in expected]
     printed = capsys.readouterr().out
     assert "macro-F1" in printed and "predictions.txt" in printed
+    # the in-memory model of `run` and the saved checkpoint predict the same
+    again = tmp_path / "again.txt"
+    assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids",
+                 str(dataset / "test_without_label.txt"), "--out", str(again), "--quiet"]) == 0
+    assert again.read_text() == (out / "predictions.txt").read_text()
 
 
 def test_bad_data_exits_2_with_every_problem(dataset: Path, tmp_path: Path, capsys):

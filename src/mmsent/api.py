@@ -41,6 +41,7 @@ from mmsent.engine.checkpoint import (
     build_classifier,
     load_checkpoint,
     load_encoder_weights,
+    mark_tuned,
     save_checkpoint,
     save_encoder_weights,
 )
@@ -147,6 +148,7 @@ class TrainResult:
     train_guids: list[str]
     val_guids: list[str]
     timings: dict = field(default_factory=dict)
+    model: LoadedRun | None = field(default=None, repr=False)  # the trained model, ready to predict
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -267,6 +269,7 @@ def train(
     save_checkpoint(out_dir, cfg, classifier, encoder_state)
     if cfg.train.mode == "finetune":
         save_encoder_weights(out_dir, encoders)
+        mark_tuned(out_dir, encoders)  # their features are no longer those of the named weights
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     split_guids = {
         "train": [r.guid for r in train_records if r.source_guid is None],
@@ -277,7 +280,11 @@ def train(
     write_history(result.history, out_dir / "history.csv")
     write_probabilities(val_records, probs, out_dir / "val_predictions.csv")
     write_run_plots(out_dir, result.history, result.best_epoch, y_val, probs, metrics)
-    return TrainResult(out_dir, metrics, result, [r.guid for r in train_records], [r.guid for r in val_records], timings)
+    classifier.eval()
+    return TrainResult(
+        out_dir, metrics, result, split_guids["train"], split_guids["val"], timings,
+        model=LoadedRun(out_dir, cfg, classifier, encoders),
+    )
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -448,8 +455,7 @@ def run(data_dir: Path, out_dir: Path, cfg: Config, quiet: bool = False) -> RunS
     t0 = time.perf_counter()
     dataset = load_training_data(Path(data_dir), cfg)
     result = train(Path(data_dir), Path(out_dir), cfg, quiet, dataset=dataset)
-    loaded = load_run(result.run_dir)
-    probs = loaded.predict_proba(dataset.test, quiet)
+    probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]
     predictions = Path(out_dir) / "predictions.txt"
     write_label_file(predictions, rows)

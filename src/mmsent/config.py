@@ -87,7 +87,9 @@ class TrainConfig(_Section):
 
 class RuntimeConfig(_Section):
     cache_dir: str | None = None
-    encode_batch_size: int = Field(64, gt=0)
+    # small batches encode faster on a CPU: activations stay below glibc's mmap threshold, so memory is
+    # reused instead of mapped and faulted in afresh (EfficientNet-Lite0: 12 s per 384 images at 4, 22 s at 64)
+    encode_batch_size: int = Field(4, gt=0)
     num_workers: int = Field(1, ge=0)
     threads: int | None = Field(None, gt=0)
 

@@ -53,20 +53,26 @@ def save_encoder_weights(run_dir: Path, encoders: dict) -> None:
     save_file(tensors, str(run_dir / ENCODERS_FILE), metadata={"mmsent_version": __version__})
 
 
-def load_encoder_weights(run_dir: Path, encoders: dict) -> None:
-    """Load fine-tuned encoder weights strictly; the digest keys their feature cache."""
+def mark_tuned(run_dir: Path, encoders: dict) -> None:
+    """Key the feature cache of fine-tuned encoders by the digest of their saved weights."""
     import hashlib
 
+    digest = hashlib.sha256((run_dir / ENCODERS_FILE).read_bytes()).hexdigest()[:16]
+    for encoder in encoders.values():
+        encoder.tuned_digest = digest
+
+
+def load_encoder_weights(run_dir: Path, encoders: dict) -> None:
+    """Load fine-tuned encoder weights strictly."""
     path = run_dir / ENCODERS_FILE
     if not path.is_file():
         raise MmsentError(f"{run_dir} is a fine-tuned run but {ENCODERS_FILE} is missing")
     tensors = load_file(str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     for name, encoder in encoders.items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         encoder.load_state_dict(state, strict=True)
-        encoder.tuned_digest = digest
+    mark_tuned(run_dir, encoders)
 
 
 def load_checkpoint(run_dir: Path) -> tuple[Config, FusionClassifier, dict[str, dict]]:
