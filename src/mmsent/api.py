@@ -25,6 +25,7 @@ from mmsent.data.records import (
     Record,
     load_dataset,
     load_records,
+    raise_on_problems,
     require_data_dir,
 )
 from mmsent.data.splits import stratified_split
@@ -55,7 +56,7 @@ from mmsent.engine.trainer import (
     predict_proba,
     seed_everything,
 )
-from mmsent.errors import DataError, MmsentError
+from mmsent.errors import MmsentError
 from mmsent.heads.registry import head_is_token_level
 from mmsent.model import FusionClassifier, MultimodalModel
 
@@ -392,9 +393,7 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int) -> tuple[list[Record], list]:
     records, problems = load_records(require_data_dir(Path(data_dir)), Path(list_file), labelled, max_pixels)
-    fatal = [p for p in problems if p.guid is None]
-    if fatal or (problems and on_error != "skip"):
-        raise DataError(problems, "" if fatal else "Fix these files, or pass --on-error skip to leave these guids out.")
+    raise_on_problems(problems, on_error)
     return records, problems
 
 

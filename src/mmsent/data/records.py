@@ -95,9 +95,14 @@ def load_records(
     return records, problems
 
 
-def _fatal(problems: list[Problem]) -> list[Problem]:
-    """Problems that concern a whole list file; skipping guids cannot fix them."""
-    return [p for p in problems if p.guid is None]
+def raise_on_problems(problems: list[Problem], on_error: str) -> None:
+    """Stop with every problem listed, unless on_error is "skip" and each concerns one guid only.
+
+    A problem of a whole list file (guid None) cannot be skipped.
+    """
+    whole_file = any(p.guid is None for p in problems)
+    if whole_file or (problems and on_error != "skip"):
+        raise DataError(problems, "" if whole_file else "Fix these files, or pass --on-error skip to leave these guids out.")
 
 
 def load_dataset(root: Path, on_error: str = "fail", max_pixels: int = 89_478_485) -> DataSet:
@@ -109,9 +114,7 @@ def load_dataset(root: Path, on_error: str = "fail", max_pixels: int = 89_478_48
     overlap = {r.guid for r in train} & {r.guid for r in test}
     for guid in sorted(overlap):
         problems.append(Problem(guid, str(root / TEST_LIST), f"guid is listed in both {TRAIN_LIST} and {TEST_LIST}"))
-    if _fatal(problems) or (problems and on_error != "skip"):
-        hint = "" if _fatal(problems) else "Fix these files, or pass --on-error skip to leave these guids out."
-        raise DataError(problems, hint)
+    raise_on_problems(problems, on_error)
     if overlap:
         # a guid in both lists is a leak either way: drop it from training, keep it for prediction
         train = [r for r in train if r.guid not in overlap]
