@@ -335,3 +335,40 @@ def test_core_encoders_give_token_features():
     lite = create_encoder("efficientnet_lite0", pretrained=False)
     tokens, mask = lite.forward_tokens(torch.randn(1, 3, 64, 64))  # 224 gives 7x7 = 49 patches
     assert tokens.shape == (1, 4, lite.token_dim) and mask.all()
+
+
+def tiny_options(bert_tokenizer: str, clip_tokenizer: str) -> dict[str, dict]:
+    """Offline, tiny stand-ins for every encoder a preset can name (the offline ones stay real)."""
+    return {
+        "tfidf": {"min_df": 1},
+        "resnet18": {"pretrained": False},
+        "bert": bert_options(bert_tokenizer),
+        "clip_text": clip_options(clip_tokenizer),
+        "clip_image": clip_options(),
+        "blip_text": blip_options(bert_tokenizer),
+        "blip_image": blip_options(),
+    }
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+@pytest.mark.parametrize("preset", sorted(__import__("mmsent.presets", fromlist=["PRESETS"]).PRESETS))
+def test_every_preset_trains_and_predicts(preset: str, mode: str, small_dataset: Path, tmp_path: Path,
+                                          bert_tokenizer: str, clip_tokenizer: str):
+    from mmsent.presets import preset_config
+
+    options = tiny_options(bert_tokenizer, clip_tokenizer)
+    encoders = preset_config(preset)["model"]["encoders"]
+    sets = [f"model.encoder_options.{name}={json.dumps(options[name])}" for name in encoders if name in options]
+    run = tmp_path / f"{preset}-{mode}"
+    args = ["train", "--preset", preset, "--data", str(small_dataset), "--out", str(run), "--quiet",
+            "--set", "train.epochs=1", "--set", f"train.mode={mode}", "--set", "train.batch_size=8",
+            "--set", "data.val_fraction=0.25", "--set", "runtime.num_workers=0"]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    assert load_config(run / "config.yaml").model.encoders == encoders
+    assert (run / "encoders.safetensors").is_file() == (mode == "finetune")
+    out = tmp_path / f"{preset}-{mode}.txt"
+    assert main(["predict", "--run", str(run), "--data", str(small_dataset),
+                 "--guids", str(small_dataset / "test_without_label.txt"), "--out", str(out), "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 3
