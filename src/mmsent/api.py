@@ -266,7 +266,7 @@ def train(
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         **timings,
     )
-    encoder_state = {n: e.extra_state_dict() for n, e in encoders.items() if e.extra_state_dict()}
+    encoder_state = {n: state for n, e in encoders.items() if (state := e.extra_state_dict())}
     save_checkpoint(out_dir, cfg, classifier, encoder_state)
     if cfg.train.mode == "finetune":
         save_encoder_weights(out_dir, encoders)
