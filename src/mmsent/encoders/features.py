@@ -36,6 +36,17 @@ class _ItemDataset(Dataset):
             return i, None, Problem(record.guid, str(record.image_path), str(exc))
 
 
+def eval_items(encoder: Encoder, records: list[Record], cfg: Config) -> DataLoader:
+    """Batches of (index, item, problem) for encoding; only image decoding is worth worker processes."""
+    return DataLoader(
+        _ItemDataset(records, encoder.item_loader(cfg, train=False)),
+        batch_size=cfg.runtime.encode_batch_size,
+        shuffle=False,
+        num_workers=cfg.runtime.num_workers if encoder.modality == "image" else 0,
+        collate_fn=list,
+    )
+
+
 @dataclass
 class EncodeStats:
     encoder: str
@@ -67,14 +78,7 @@ def encode_records(
 def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool) -> None:
     keys = list(todo)
     records = list(todo.values())
-    workers = cfg.runtime.num_workers if encoder.modality == "image" else 0
-    loader = DataLoader(
-        _ItemDataset(records, encoder.item_loader(cfg, train=False)),
-        batch_size=cfg.runtime.encode_batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=list,
-    )
+    loader = eval_items(encoder, records, cfg)
     problems: list[Problem] = []
     encoder.eval()
     done_keys: list[str] = []
@@ -108,13 +112,7 @@ def token_dim(encoder: Encoder) -> int:
 
 def encode_tokens(encoder: Encoder, records: list[Record], cfg: Config, quiet: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Token features (N, T, D_tok) zero-padded to the longest, and masks (N, T); kept in memory, not cached."""
-    loader = DataLoader(
-        _ItemDataset(records, encoder.item_loader(cfg, train=False)),
-        batch_size=cfg.runtime.encode_batch_size,
-        shuffle=False,
-        num_workers=cfg.runtime.num_workers if encoder.modality == "image" else 0,
-        collate_fn=list,
-    )
+    loader = eval_items(encoder, records, cfg)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
     problems: list[Problem] = []
     encoder.eval()
