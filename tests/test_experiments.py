@@ -18,7 +18,7 @@ from mmsent.experiments.perturb import (
     gaussian_noise,
     remove_hashtags,
 )
-from mmsent.experiments.search import SearchSpace, run_search
+from mmsent.experiments.search import GridSampler, SearchSpace, run_search
 
 TINY = ["--set", "model.encoders=[vader]", "--set", "train.epochs=3", "--set", "model.hidden_dim=8", "--quiet"]
 
@@ -76,6 +76,23 @@ def test_search_reruns_a_trial_that_was_interrupted(dataset, tmp_path, monkeypat
     done = [r for r in rows if r["state"] == "complete"]
     assert len(done) == 2 and {r["train.lr"] for r in done} == {"0.001", "0.003"}
     assert [r["state"] for r in rows].count("fail") == 1
+
+
+def test_grid_sampler_reruns_a_failed_point_enqueued_when_one_point_is_left():
+    import optuna
+
+    def fails(trial):
+        trial.suggest_categorical("x", [0, 1])
+        raise RuntimeError("interrupted")
+
+    study = optuna.create_study(sampler=GridSampler({"x": [0, 1]}, seed=0), direction="maximize")
+    study.optimize(fails, n_trials=1, catch=(RuntimeError,))
+    failed = study.trials[0]
+    # the failed point counts as visited for the sampler, one point is left: Optuna 5.0's own sampler raised KeyError here
+    study.enqueue_trial(failed.params)
+    study.optimize(lambda t: float(t.suggest_categorical("x", [0, 1])), n_trials=1)
+    assert study.trials[1].state == optuna.trial.TrialState.COMPLETE
+    assert study.trials[1].params == failed.params
 
 
 def test_two_workers_share_one_sqlite_study_without_duplicates(dataset, tmp_path):

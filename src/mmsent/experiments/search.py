@@ -21,8 +21,9 @@ from mmsent.errors import MmsentError
 from mmsent.experiments.common import write_manifest, write_table
 from mmsent.experiments.runs import METRICS, config_with, metric_row, read_mapping
 
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+GRID_POINT = "grid_point"  # user attr: the point a running grid trial claims before it looks for rivals
+HELD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # a point done or in training
+TAKEN = (*HELD, TrialState.WAITING)  # ... or queued
 
 
 def _scalar(value: Any) -> bool:
@@ -32,6 +33,20 @@ def _scalar(value: Any) -> bool:
 def _encode(value: Any) -> Any:
     """Optuna stores scalars only: lists and mappings travel as JSON text."""
     return value if _scalar(value) else json.dumps(value)
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler, safe with enqueued trials.
+
+    An enqueued trial (a failed point rerun, or a point two workers raced for) carries `fixed_params`
+    and no `grid_id`; Optuna 5.0's `after_trial` reads `grid_id` unconditionally and raises KeyError
+    when exactly one grid point is left. Its only job there is `study.stop()`, which this module does
+    not rely on: `run_search` decides itself when the grid is done.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: ANN001 - Optuna's signature
+        if "grid_id" in trial.system_attrs:
+            super().after_trial(study, trial, state, values)
 
 
 def load_grid(path: Path) -> dict[str, list]:
@@ -65,7 +80,7 @@ class SearchSpace:
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.grid:
-            return optuna.samplers.GridSampler({k: [_encode(v) for v in vs] for k, vs in self.grid.items()}, seed=seed)
+            return GridSampler({k: [_encode(v) for v in vs] for k, vs in self.grid.items()}, seed=seed)
         return optuna.samplers.TPESampler(seed=seed)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -100,28 +115,42 @@ class SearchSpace:
 
 
 def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """A trial's grid point, also before its objective has suggested anything (queued or just started)."""
-    if trial.params:
-        return dict(trial.params)
-    attrs = trial.system_attrs
-    if "fixed_params" in attrs:
-        return dict(attrs["fixed_params"])
-    if "grid_id" in attrs and "search_space" in attrs:
-        space = attrs["search_space"]
-        keys = sorted(space)  # GridSampler's own ordering of the combinations
-        combos = list(itertools.product(*(space[k] for k in keys)))
-        return dict(zip(keys, combos[attrs["grid_id"]], strict=True))
-    return {}
+    """A trial's grid point, visible from the moment the trial holds it (queued, or claimed when it started).
+
+    The claimed point comes before the params: params fill in one suggest call at a time, and a
+    half-filled point would hide a running trial from a rival worker.
+    """
+    if "fixed_params" in trial.system_attrs:
+        return dict(trial.system_attrs["fixed_params"])
+    if GRID_POINT in trial.user_attrs:
+        return dict(trial.user_attrs[GRID_POINT])
+    return dict(trial.params)
 
 
 def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def remaining_grid(study: optuna.Study, space: SearchSpace) -> list[dict[str, Any]]:
+def remaining_grid(trials: list[optuna.trial.FrozenTrial], space: SearchSpace) -> list[dict[str, Any]]:
     """Grid points no trial has done, is running or has queued; failed (interrupted) points count as remaining."""
-    taken = {_key(_trial_params(t)) for t in study.get_trials(deepcopy=False, states=TAKEN)}
+    taken = {_key(_trial_params(t)) for t in trials if t.state in TAKEN and "duplicate_of" not in t.user_attrs}
     return [p for p in space.grid_points() if _key(p) not in taken]
+
+
+def _next_grid_point_to_enqueue(study: optuna.Study, space: SearchSpace) -> tuple[bool, dict[str, Any] | None]:
+    """(grid has points left, a point the sampler will not pick by itself: one whose trial failed or yielded).
+
+    Both answers come from one snapshot of the trials: another worker writes its trial's state between
+    two reads, and mixing snapshots made a point that had just started look failed.
+    """
+    trials = study.get_trials(deepcopy=False)
+    todo = remaining_grid(trials, space)
+    if not todo:
+        return False, None
+    # the sampler counts a point as visited once a trial of it ended, also one that failed or yielded
+    # to a rival: such a point must be queued explicitly
+    sampled = {_key(_trial_params(t)) for t in trials if "grid_id" in t.system_attrs}
+    return True, next((p for p in todo if _key(p) in sampled), None)
 
 
 def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: int, attempts: int = 5) -> optuna.Study:
@@ -145,11 +174,16 @@ def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: i
     raise AssertionError("unreachable")
 
 
-def _earlier_twin(trial: optuna.Trial) -> int | None:
-    """The number of an earlier live trial with the same grid point, if any."""
-    key = _key(trial.params)
-    for other in trial.study.get_trials(deepcopy=False, states=TAKEN):
-        if other.number < trial.number and _key(_trial_params(other)) == key and "duplicate_of" not in other.user_attrs:
+def _rival(trial: optuna.Trial) -> int | None:
+    """The number of another trial that holds this trial's grid point (done, or running and not yielding).
+
+    Every trial's point is visible (queued or claimed) before the trial looks for rivals, so of two
+    trials racing for one point at least one sees the other and at most one trains. Both may yield:
+    the point then stays open, and the worker that finishes last queues it again.
+    """
+    key = _key(trial.params)  # complete here: the objective has suggested every key
+    for other in trial.study.get_trials(deepcopy=False, states=HELD):
+        if other.number != trial.number and "duplicate_of" not in other.user_attrs and _key(_trial_params(other)) == key:
             return other.number
     return None
 
@@ -157,11 +191,14 @@ def _earlier_twin(trial: optuna.Trial) -> int | None:
 def _objective_fn(data_dir: Path, out_dir: Path, cfg: Config, space: SearchSpace, objective: str, quiet: bool, dataset):
     def run_trial(trial: optuna.Trial) -> float:
         values = space.suggest(trial)
-        twin = _earlier_twin(trial) if space.grid else None
-        if twin is not None:
-            # two workers raced for the last grid point: the earlier trial owns it, this one trains nothing
-            trial.set_user_attr("duplicate_of", twin)
-            raise optuna.TrialPruned(f"grid point already taken by trial {twin}")
+        rival = None
+        if space.grid:
+            trial.set_user_attr(GRID_POINT, dict(trial.params))  # claim first, then look: see _rival
+            rival = _rival(trial)
+        if rival is not None:
+            # two workers raced for one grid point: this trial trains nothing
+            trial.set_user_attr("duplicate_of", rival)
+            raise optuna.TrialPruned(f"grid point already taken by trial {rival}")
         trial_cfg = config_with(cfg, values)
         run_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
@@ -248,12 +285,11 @@ def run_search(
     ran = 0
     while trials is None or ran < trials:
         if space.grid:
-            todo = remaining_grid(study, space)
-            if not todo:
+            points_left, failed_point = _next_grid_point_to_enqueue(study, space)
+            if not points_left:
                 break  # the grid is exhausted: completed trials are never rerun
-            sampled = {_key(_trial_params(t)) for t in study.get_trials(deepcopy=False) if "grid_id" in t.system_attrs}
-            if _key(todo[0]) in sampled:
-                study.enqueue_trial(todo[0])  # a failed / interrupted point: the sampler counts it as visited
+            if failed_point is not None:
+                study.enqueue_trial(failed_point)
         study.optimize(run_trial, n_trials=1, catch=())
         ran += 1
     rows = trial_rows(study, objective)
