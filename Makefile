@@ -22,7 +22,7 @@ $(BIN)/mmsent: pyproject.toml
 	touch $@
 
 run: $(BIN)/mmsent
-	$(BIN)/mmsent run --data $(DATA) --out $(OUT)
+	$(BIN)/mmsent run --data $(DATA) --out $(OUT) --overwrite
 
 test: $(BIN)/mmsent
 	$(BIN)/ruff check src tests benchmarks

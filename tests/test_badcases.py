@@ -24,7 +24,8 @@ from mmsent.experiments.augment import (
     random_swap,
 )
 from mmsent.experiments.badcases import CASE_COLUMNS
-from mmsent.experiments.common import read_manifest, read_table
+from mmsent.run_folder import read_manifest
+from mmsent.tables import read_table
 
 FAST = ["--set", "model.encoders=[vader]", "--set", "train.epochs=4", "--quiet"]
 
@@ -111,8 +112,22 @@ def test_mining_refuses_a_split_that_leaks(mined, tmp_path: Path, capsys):
     split = dict(mined["split"])
     split["train"] = split["train"] + split["val"][:1]
     (run / "split.json").write_text(json.dumps(split))
-    code = main(["badcases", "--run", str(run), "--data", str(mined["data"]), "--out", str(tmp_path / "o"), "--quiet"])
+    args = ["badcases", "--run", str(run), "--data", str(mined["data"]), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(args) == 2 and "split.json" in capsys.readouterr().err  # edited after training: refused as damaged
+    reseal(run)  # as if a run had been written with that split: the leak guard must still refuse it
+    code = main(args)
     assert code == 2 and split["val"][0] in capsys.readouterr().err
+
+
+def reseal(run: Path) -> None:
+    """Record the run's files as they are now in its completion marker."""
+    import hashlib
+
+    marker = json.loads((run / "complete.json").read_text())
+    for name in marker["files"]:
+        data = (run / name).read_bytes()
+        marker["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (run / "complete.json").write_text(json.dumps(marker))
 
 
 def augment(mined, out: Path, seed: int = 0, copies: int = 2) -> Path:

@@ -191,7 +191,8 @@ def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tm
     args = ["compare", "--data", str(dataset), "--out", str(out), "--presets", "tiny_vader_effnet,tiny_missing",
             "--ablate", "tiny_vader_effnet", "--quiet", "--set", "train.epochs=2"]
     assert main(args) == 0
-    from mmsent.experiments.common import read_manifest, read_table
+    from mmsent.run_folder import read_manifest
+    from mmsent.tables import read_table
 
     rows = read_table(out / "results.csv")
     assert [r["preset"] for r in rows] == ["tiny_vader_effnet", "tiny_vader_effnet (text only)",

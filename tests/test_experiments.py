@@ -11,7 +11,6 @@ from PIL import Image
 from mmsent.api import evaluate
 from mmsent.cli import main
 from mmsent.config import load_config
-from mmsent.experiments.common import read_manifest, read_table
 from mmsent.experiments.perturb import (
     PERTURBATIONS,
     char_typos,
@@ -19,6 +18,8 @@ from mmsent.experiments.perturb import (
     remove_hashtags,
 )
 from mmsent.experiments.search import GridSampler, SearchSpace, run_search
+from mmsent.run_folder import read_manifest
+from mmsent.tables import read_table
 
 TINY = ["--set", "model.encoders=[vader]", "--set", "train.epochs=3", "--set", "model.hidden_dim=8", "--quiet"]
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from mmsent.cli import main
 from mmsent.data.check import check_dataset
-from mmsent.experiments.common import write_manifest, write_table
+from mmsent.run_folder import write_manifest
+from mmsent.tables import write_table
 
 
 def figure(path: Path, colour=(200, 60, 60)) -> None:
@@ -19,7 +20,7 @@ def figure(path: Path, colour=(200, 60, 60)) -> None:
 
 
 def make_experiments(root: Path, data: Path) -> dict[str, Path]:
-    """Hand-made experiment folders in the layout of experiments/common.py."""
+    """Hand-made experiment folders in the layout of mmsent.run_folder."""
     compare = root / "exps" / "compare"
     write_table([{"model": "minilm+concat", "macro_f1": 0.61234, "accuracy": 0.7},
                  {"model": "vader+concat", "macro_f1": 0.5, "accuracy": 0.65}], compare)

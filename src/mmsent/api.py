@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Sequence
@@ -29,23 +28,8 @@ from mmsent.data.records import (
     require_data_dir,
 )
 from mmsent.data.splits import stratified_split
-from mmsent.encoders import Encoder, create_encoder
-from mmsent.encoders.features import (
-    EncodeStats,
-    encode_records,
-    encode_tokens,
-    has_tokens,
-    token_dim,
-)
-from mmsent.encoders.registry import encoder_accepts
-from mmsent.engine.checkpoint import (
-    build_classifier,
-    load_checkpoint,
-    load_encoder_weights,
-    mark_tuned,
-    save_checkpoint,
-    save_encoder_weights,
-)
+from mmsent.encoders import Encoder
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
 from mmsent.engine.trainer import (
@@ -57,8 +41,10 @@ from mmsent.engine.trainer import (
     seed_everything,
 )
 from mmsent.errors import MmsentError
-from mmsent.heads.registry import head_is_token_level
+from mmsent.factory import Preprocessing, create_encoders, create_model
+from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
+from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -87,21 +73,6 @@ def head_threads(cfg: Config):
         torch.set_num_threads(before)
 
 
-def build_encoders(cfg: Config, architecture_only: bool = False) -> dict[str, Encoder]:
-    """Create every encoder of the config by name, with its options.
-
-    architecture_only builds encoders that take a `pretrained` option without their pretrained
-    weights (used when a fine-tuned checkpoint supplies them).
-    """
-    encoders = {}
-    for name in cfg.model.encoders:
-        options = dict(cfg.model.encoder_options.get(name, {}))
-        if architecture_only and encoder_accepts(name, "pretrained"):
-            options["pretrained"] = False
-        encoders[name] = create_encoder(name, **options)
-    return encoders
-
-
 def extract_features(
     encoders: dict[str, Encoder],
     records: list[Record],
@@ -126,17 +97,6 @@ def extract_features(
     return features, stats
 
 
-def choose_token_encoders(cfg: Config, encoders: dict[str, Encoder]) -> list[str]:
-    """For a token-level head: the first encoder with token features in each modality."""
-    if not head_is_token_level(cfg.model.head):
-        return []
-    chosen: dict[str, str] = {}
-    for name, encoder in encoders.items():
-        if has_tokens(encoder) and encoder.modality not in chosen:
-            chosen[encoder.modality] = name
-    return list(chosen.values())
-
-
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v[idx] for k, v in features.items()}
 
@@ -152,26 +112,17 @@ class TrainResult:
     model: LoadedRun | None = field(default=None, repr=False)  # the trained model, ready to predict
 
 
-def write_history(history: list[dict], path: Path) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def write_probabilities(records: list[Record], probs: np.ndarray, path: Path) -> None:
+def probability_rows(records: list[Record], probs: np.ndarray) -> list[dict]:
     """guid, true tag (if any), predicted tag and each class probability."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["guid", "tag", "pred", *[f"p_{lab}" for lab in LABELS]])
-        for record, p in zip(records, probs, strict=True):
-            writer.writerow([record.guid, record.tag or "", LABELS[int(p.argmax())], *[f"{x:.6f}" for x in p]])
+    return [
+        {"guid": r.guid, "tag": r.tag or "", "pred": LABELS[int(p.argmax())], **{f"p_{lab}": f"{x:.6f}" for lab, x in zip(LABELS, p)}}
+        for r, p in zip(records, probs, strict=True)
+    ]
 
 
-def write_run_plots(run_dir: Path, history: list[dict], best_epoch: int, y: np.ndarray, probs: np.ndarray, metrics: dict) -> None:
+def write_run_plots(plots: Path, history: list[dict], best_epoch: int, y: np.ndarray, probs: np.ndarray, metrics: dict) -> None:
     from mmsent.reporting.plots import plot_confusion, plot_history, plot_roc
 
-    plots = run_dir / "plots"
     plot_history(history, plots / "curves.png", best_epoch)
     plot_confusion(metrics["confusion_matrix"], LABELS, plots / "confusion.png")
     plot_roc(y, probs, LABELS, plots / "roc.png")
@@ -196,18 +147,37 @@ def train(
     split: tuple[list[Record], list[Record]] | None = None,
     extra_train: list[Record] | None = None,
     callbacks: list[EpochCallback] | None = None,
+    overwrite: bool = False,
+    origin: RunOrigin | None = None,
 ) -> TrainResult:
-    """Train a model and write the complete run folder to out_dir.
+    """Train a model and publish the complete run folder at out_dir (nothing there changes if it fails).
 
     By default the train list of data_dir is split by data.val_fraction / data.split_seed;
     `split` gives explicit (train, validation) records instead (k-fold mining), and
     `extra_train` and the folders of cfg.data.augment add records (augmented copies) to training.
     The leak guard checks all of it. `callbacks` see each epoch's record (a search pruner, for example).
+    An existing run at out_dir is replaced only with `overwrite`, and only once the new one is complete.
     """
+    with create_run(out_dir, overwrite) as writer:
+        return train_into(writer, data_dir, cfg, quiet, dataset, split, extra_train, callbacks, origin)
+
+
+def train_into(
+    writer: RunWriter,
+    data_dir: Path,
+    cfg: Config,
+    quiet: bool = False,
+    dataset: DataSet | None = None,
+    split: tuple[list[Record], list[Record]] | None = None,
+    extra_train: list[Record] | None = None,
+    callbacks: list[EpochCallback] | None = None,
+    origin: RunOrigin | None = None,
+) -> TrainResult:
+    """Train and write every file of the run through writer (see `train`)."""
     t_start = time.perf_counter()
     apply_runtime(cfg)
     seed_everything(cfg.train.seed)
-    encoders = build_encoders(cfg)  # missing weights stop here, before any data work
+    encoders = create_encoders(cfg)  # missing weights stop here, before any data work
     dataset = dataset or load_training_data(data_dir, cfg)
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
@@ -215,15 +185,14 @@ def train(
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
     if len({r.tag for r in train_records}) < 2:
         raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if dataset.skipped:
-        dataset.write_skipped(out_dir / "skipped.json")
+        writer.write_skipped(dataset.skipped_rows())
 
     t_enc = time.perf_counter()
-    for encoder in encoders.values():
-        encoder.fit(train_records, cfg)  # stateful encoders learn from the training split only
-    token_encoders = choose_token_encoders(cfg, encoders)
+    # stateful encoders (TF-IDF) learn from the training split only
+    model, preprocessing = create_model(cfg, encoders=encoders, fit_records=train_records)
+    classifier = model.classifier
+    token_encoders = classifier.token_encoders
     feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet, token_encoders=token_encoders)
     encode_seconds = time.perf_counter() - t_enc
     n_train = len(train_records)
@@ -232,17 +201,11 @@ def train(
     y_train, y_val = encode_labels(train_records), encode_labels(val_records)
 
     seed_everything(cfg.train.seed)
-    classifier = build_classifier(
-        cfg,
-        {n: token_dim(e) if n in token_encoders else e.dim for n, e in encoders.items()},
-        {n: e.modality for n, e in encoders.items()},
-        token_encoders,
-    )
     classifier.fit_scaler(train_feats)  # from the (frozen) training features, in both modes
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
     if cfg.train.mode == "finetune":
-        model = MultimodalModel(encoders, classifier)
-        result, probs = _fit_finetune(model, train_records, val_records, y_train, y_val, loss_fn, cfg, quiet, callbacks)
+        result, probs = _fit_finetune(model, preprocessing, train_records, val_records, y_train, y_val, loss_fn, cfg,
+                                      quiet, callbacks)
     else:
         train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
         val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
@@ -255,37 +218,50 @@ def train(
         "train_seconds": round(result.seconds, 2),
         "total_seconds": round(time.perf_counter() - t_start, 2),
     }
+    encoder_parameters = sum(count_parameters(e) for e in encoders.values())
     metrics.update(
         best_epoch=result.best_epoch,
         epochs_run=len(result.history),
         n_train=n_train,
         n_val=len(val_records),
-        parameters=count_parameters(classifier) + sum(count_parameters(e) for e in encoders.values()),
-        trainable_parameters=count_parameters(classifier)
-        + (sum(count_parameters(e) for e in encoders.values()) if cfg.train.mode == "finetune" else 0),
+        parameters=count_parameters(classifier) + encoder_parameters,
+        trainable_parameters=count_parameters(classifier) + (encoder_parameters if cfg.train.mode == "finetune" else 0),
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         **timings,
     )
-    encoder_state = {n: state for n, e in encoders.items() if (state := e.extra_state_dict())}
-    save_checkpoint(out_dir, cfg, classifier, encoder_state)
-    if cfg.train.mode == "finetune":
-        save_encoder_weights(out_dir, encoders)
-        mark_tuned(out_dir, encoders)  # their features are no longer those of the named weights
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    split_guids = {
-        "train": [r.guid for r in train_records if r.source_guid is None],
-        "val": [r.guid for r in val_records],
-        "augmented": [r.guid for r in train_records if r.source_guid is not None],
-    }
-    (out_dir / "split.json").write_text(json.dumps(split_guids), encoding="utf-8")
-    write_history(result.history, out_dir / "history.csv")
-    write_probabilities(val_records, probs, out_dir / "val_predictions.csv")
-    write_run_plots(out_dir, result.history, result.best_epoch, y_val, probs, metrics)
+    split_guids = Split(
+        train=[r.guid for r in train_records if r.source_guid is None],
+        val=[r.guid for r in val_records],
+        augmented=[r.guid for r in train_records if r.source_guid is not None],
+    )
+    _write_run(writer, cfg, model, metrics, split_guids, result, val_records, y_val, probs, data_dir, origin)
     classifier.eval()
     return TrainResult(
-        out_dir, metrics, result, split_guids["train"], split_guids["val"], timings,
-        model=LoadedRun(out_dir, cfg, classifier, encoders),
+        writer.target, metrics, result, split_guids.train, split_guids.val, timings,
+        model=LoadedRun(writer.target, cfg, model),
     )
+
+
+def _write_run(
+    writer: RunWriter, cfg: Config, model: MultimodalModel, metrics: dict, split: Split, result: FitResult,
+    val_records: list[Record], y_val: np.ndarray, probs: np.ndarray, data_dir: Path, origin: RunOrigin | None,
+) -> None:
+    """Every file of a trained run, through its writer."""
+    classifier = model.classifier
+    encoder_state = {n: state for n, e in model.encoders.items() if (state := e.extra_state_dict())}
+    writer.write_config(cfg)
+    writer.write_classifier(classifier.state_dict(), {"labels": list(LABELS), **classifier.spec(), "encoder_state": encoder_state})
+    if cfg.train.mode == "finetune":
+        digest = writer.write_encoder_weights(dict(model.encoders.items()))
+        for encoder in model.encoders.values():
+            encoder.tuned_digest = digest  # their features are no longer those of the named weights
+    writer.write_metrics(metrics)
+    writer.write_split(split)
+    writer.write_history(result.history)
+    writer.write_val_predictions(probability_rows(val_records, probs))
+    write_run_plots(writer.plots_dir, result.history, result.best_epoch, y_val, probs, metrics)
+    writer.write_manifest(origin or RunOrigin(), data=str(Path(data_dir).resolve()),
+                          validation={k: metrics[k] for k in ("accuracy", "macro_f1")})
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -294,6 +270,7 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 def _fit_finetune(
     model: MultimodalModel,
+    preprocessing: Preprocessing,
     train_records: list[Record],
     val_records: list[Record],
     y_train: np.ndarray,
@@ -308,9 +285,11 @@ def _fit_finetune(
 
     t = cfg.train
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
-    encoders = dict(model.encoders.items())
-    train_batches = record_batches(train_records, y_train, encoders, cfg, True, t.batch_size, seed=t.seed)
-    val_batches = record_batches(val_records, y_val, encoders, cfg, False, cfg.runtime.encode_batch_size)
+    workers = cfg.runtime.num_workers
+    train_batches = record_batches(train_records, y_train, preprocessing.train, preprocessing.collate, t.batch_size,
+                                   shuffle=True, num_workers=workers, seed=t.seed)
+    val_batches = record_batches(val_records, y_val, preprocessing.eval, preprocessing.collate,
+                                 cfg.runtime.encode_batch_size, shuffle=False, num_workers=workers)
     backbone = model.backbone_parameters()
     groups = [{"params": list(model.classifier.parameters()), "lr": t.lr}]
     if backbone:
@@ -335,12 +314,19 @@ def _fit_finetune(
 
 @dataclass
 class LoadedRun:
-    """A trained run ready to predict: its config, encoders and fusion classifier."""
+    """A trained run ready to predict: its config and its model (encoders + fusion classifier)."""
 
     run_dir: Path
     cfg: Config
-    classifier: FusionClassifier
-    encoders: dict[str, Encoder]
+    model: MultimodalModel
+
+    @property
+    def encoders(self) -> dict[str, Encoder]:
+        return dict(self.model.encoders.items())
+
+    @property
+    def classifier(self) -> FusionClassifier:
+        return self.model.classifier
 
     def features(self, records: list[Record], quiet: bool = False, use_cache: bool = True) -> dict[str, np.ndarray]:
         """{encoder: (N, D)} for records (cached unless use_cache is False, e.g. for perturbed inputs)."""
@@ -370,25 +356,47 @@ class LoadedRun:
         return self.predict_features(self.features(records, quiet, use_cache), drop)
 
 
-def load_run(run_dir: Path) -> LoadedRun:
-    """Rebuild a trained run from its folder; nothing else is needed."""
-    cfg, classifier, encoder_state = load_checkpoint(Path(run_dir))
+def load_run(run_dir: Path, attempts: int = 3) -> LoadedRun:
+    """Rebuild a trained run from its folder; nothing else is needed. Incomplete or damaged runs are refused."""
+    for attempt in range(attempts):
+        try:
+            return _load_run(RunFolder.open(run_dir))
+        except RunChanged:
+            if attempt == attempts - 1:
+                raise  # replaced again and again while being read: say so
+    raise AssertionError("unreachable")
+
+
+def _load_run(folder: RunFolder) -> LoadedRun:
+    cfg = folder.config()
+    spec = folder.spec()
+    if tuple(spec.get("labels", LABELS)) != LABELS:
+        raise MmsentError(f"{folder.path}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
+    tuned = folder.encoder_weights()
     apply_runtime(cfg)
-    tuned = cfg.train.mode == "finetune"
     # fine-tuned weights replace the named ones, so those need not be available again
-    encoders = build_encoders(cfg, architecture_only=tuned)
-    for name, state in encoder_state.items():
-        encoders[name].load_extra_state_dict(state)
-    if tuned:
-        load_encoder_weights(Path(run_dir), encoders)
-    for name, encoder in encoders.items():
-        expected = token_dim(encoder) if name in classifier.token_encoders else encoder.dim
-        if expected != classifier.encoder_dims.get(name):
+    model, _ = create_model(cfg, encoder_state=spec.get("encoder_state", {}), architecture_only=tuned is not None)
+    classifier = model.classifier
+    for name, dim in classifier.encoder_dims.items():
+        if spec["encoder_dims"].get(name) != dim:
             raise MmsentError(
-                f"{run_dir}: encoder {name!r} gives {expected}-d features, the checkpoint expects "
-                f"{classifier.encoder_dims.get(name)}"
+                f"{folder.path}: encoder {name!r} gives {dim}-d features, the checkpoint expects "
+                f"{spec['encoder_dims'].get(name)}; the encoder's options or package changed since training"
             )
-    return LoadedRun(Path(run_dir), cfg, classifier, encoders)
+    if classifier.token_encoders != list(spec.get("token_encoders", [])):
+        raise MmsentError(f"{folder.path}: the checkpoint's token encoders {spec.get('token_encoders')} differ from "
+                          f"the ones its config gives ({classifier.token_encoders})")
+    try:
+        classifier.load_state_dict(folder.classifier_state(), strict=True)
+        if tuned is not None:
+            for name, encoder in model.encoders.items():
+                prefix = f"{name}."
+                encoder.load_state_dict({k[len(prefix):]: v for k, v in tuned.items() if k.startswith(prefix)}, strict=True)
+                encoder.tuned_digest = folder.encoder_weights_digest()
+    except RuntimeError as exc:  # a state dict that does not fit the model the config describes
+        raise MmsentError(f"{folder.path}: the saved weights do not fit the model its config describes ({exc})") from None
+    model.eval()
+    return LoadedRun(folder.path, cfg, model)
 
 
 def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int) -> tuple[list[Record], list]:
@@ -429,14 +437,15 @@ def predict(
     run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
 ) -> list[tuple[str, str]]:
     """Write `guid,tag` for every guid of guids_file, in its order, atomically."""
+    out_file = check_output_file(Path(out_file), "the predictions")  # before any work
     runs = load_runs(run_dir)
     records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
-    write_label_file(Path(out_file), rows)
+    write_label_file(out_file, rows)
     if problems:
-        skipped = Path(out_file).with_suffix(".skipped.json")
-        skipped.write_text(json.dumps([{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems], indent=2))
+        skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
+        atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))
     return rows
 
 
@@ -449,16 +458,21 @@ class RunSummary:
     seconds: float
 
 
-def run(data_dir: Path, out_dir: Path, cfg: Config, quiet: bool = False) -> RunSummary:
-    """Train, evaluate on the validation split and predict the test list into out_dir/predictions.txt."""
+def run(
+    data_dir: Path, out_dir: Path, cfg: Config, quiet: bool = False, overwrite: bool = False, origin: RunOrigin | None = None
+) -> RunSummary:
+    """Train, evaluate on the validation split and predict the test list; one complete run folder with predictions.txt."""
     t0 = time.perf_counter()
-    dataset = load_training_data(Path(data_dir), cfg)
-    result = train(Path(data_dir), Path(out_dir), cfg, quiet, dataset=dataset)
-    probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
-    rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]
-    predictions = Path(out_dir) / "predictions.txt"
-    write_label_file(predictions, rows)
-    return RunSummary(Path(out_dir), result.metrics, predictions, len(rows), time.perf_counter() - t0)
+    with create_run(out_dir, overwrite) as writer:
+        dataset = load_training_data(Path(data_dir), cfg)
+        result = train_into(writer, Path(data_dir), cfg, quiet, dataset=dataset, origin=origin or RunOrigin(kind="run"))
+        probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
+        rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]
+        writer.write_predictions(rows)
+    return RunSummary(Path(out_dir), result.metrics, writer.predictions, len(rows), time.perf_counter() - t0)
 
 
-__all__ = ["LoadedRun", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs", "predict", "run", "train", "TEST_LIST"]
+__all__ = [
+    "LoadedRun", "RunOrigin", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
+    "predict", "run", "train", "TEST_LIST",
+]

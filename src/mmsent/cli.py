@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from mmsent import __version__
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import command_line, write_manifest
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
@@ -26,6 +26,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_overwrite(p: argparse.ArgumentParser, what: str = "run") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing {what} at --out (the old one stays intact until the new one is complete)")
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that produced a run or experiment, as a user would type it."""
+    args = sys.argv[1:] if argv is None else argv
+    return "mmsent " + " ".join(shlex.quote(a) for a in args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsent", description="Multimodal (image + text) sentiment classification.")
     parser.add_argument("--version", action="version", version=f"mmsent {__version__}")
@@ -35,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="data set folder")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     _add_config_args(p)
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="metrics of a run on a labelled guid list, as JSON")
@@ -58,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     _add_config_args(p)
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("data", help="data set tools")
@@ -74,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated presets that also get text-only and image-only rows "
                         "(default: tfidf_resnet18 when compared)")
     _add_config_args(p, preset=False)
+    _add_overwrite(p, "comparison")
     _add_common(p)
 
     sub.add_parser("models", help="list encoders, heads and presets")
@@ -88,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="run / experiment folders, or folders holding them")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="HTML file to write; report.md goes beside it")
     p.add_argument("--data-report", type=Path, help="JSON written by `mmsent data check`")
+    _add_common(p)
     _add_badcase_parsers(sub)
     _add_experiment_parsers(sub)
     return parser
@@ -100,6 +115,7 @@ def _add_badcase_parsers(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="experiment folder to write")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, help="fold seed (default: the run's data.split_seed)")
+    _add_overwrite(p, "bad-case folder")
     _add_common(p)
 
     p = sub.add_parser("augment", help="write augmented copies of mined cases, with new guids and a manifest")
@@ -109,6 +125,7 @@ def _add_badcase_parsers(sub) -> None:
     p.add_argument("--copies", type=int, default=2, help="copies per case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-synonyms", action="store_true", help="no synonym replacement")
+    _add_overwrite(p, "augmentation folder")
     _add_common(p)
 
     p = sub.add_parser("retrain", help="retrain a run with augmented copies; before/after on the same validation split")
@@ -116,6 +133,7 @@ def _add_badcase_parsers(sub) -> None:
     p.add_argument("--augment", type=Path, required=True, action="append", help="augmentation folder (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="new run folder")
     p.add_argument("--data", type=Path, help="data set folder (default: the one `mmsent augment` recorded)")
+    _add_overwrite(p)
     _add_common(p)
 
 
@@ -134,12 +152,14 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--objective", default="macro_f1", help="validation metric to maximise")
     p.add_argument("--no-prune", action="store_true", help="no median pruning of hopeless trials")
     p.add_argument("--verbose", action="store_true", help="progress bars of each trial")
+    _add_common(p)
 
     p = sub.add_parser("variants", help="train a base config with sets of overrides, side by side")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--variants", type=Path, required=True, help="YAML: variant name -> {config key: value}")
     _add_config_args(p)
+    _add_overwrite(p, "variants folder")
     _add_common(p)
 
     p = sub.add_parser("seeds", help="retrain with several seeds: mean, std, 95%% confidence interval")
@@ -148,6 +168,7 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--seeds", default="42,123,2024", help="comma-separated seeds")
     p.add_argument("--vary-split", action="store_true", help="also use each seed as data.split_seed")
     _add_config_args(p)
+    _add_overwrite(p, "seeds folder")
     _add_common(p)
 
     p = sub.add_parser("robustness", help="evaluate a run on its validation split under perturbations")
@@ -158,6 +179,7 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--levels", action="append", default=[], metavar="NAME=L1,L2",
                    help="levels of one perturbation, e.g. blur=1,3 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random perturbations")
+    _add_overwrite(p, "robustness folder")
     _add_common(p)
 
     p = sub.add_parser("ablate", help="modality ablation of a multimodal run (blanked, or --retrain)")
@@ -165,6 +187,7 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--retrain", action="store_true", help="also train text-only and image-only models")
+    _add_overwrite(p, "ablation folder")
     _add_common(p)
 
 
@@ -177,12 +200,18 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides, preset=getattr(args, "preset", None))
 
 
+def _origin(args: argparse.Namespace, kind: str = "train"):
+    """What the run's manifest records of how it was asked for."""
+    from mmsent.run_folder import RunOrigin
+
+    return RunOrigin(command_line(args.argv), getattr(args, "preset", None), kind)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from mmsent.api import train
     from mmsent.engine.metrics import summary_line
 
-    result = train(args.data, args.out, _config(args), quiet=args.quiet)
-    write_manifest(result.run_dir, "train", command_line(args.argv))
+    result = train(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
     print(f"validation: {summary_line(result.metrics)}")
     print(f"run folder: {result.run_dir}")
     return 0
@@ -211,25 +240,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mmsent.api import run
 
     t0 = time.perf_counter()
-    summary = run(args.data, args.out, _config(args), quiet=args.quiet)
-    write_manifest(summary.run_dir, "run", command_line(args.argv))
+    summary = run(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite,
+                  origin=_origin(args, kind="run"))
     m = summary.metrics
     print("")
     print(f"validation (n={m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
     print(f"time: {time.perf_counter() - t0:.1f} s (encoding {m['encode_seconds']:.1f} s, training {m['train_seconds']:.1f} s)")
     print(f"predictions: {summary.predictions} ({summary.n_predictions} guids)")
-    print(f"run folder: {summary.run_dir} (config.yaml, model.safetensors, metrics.json, history.csv, plots/)")
+    print(f"run folder: {summary.run_dir} (config, weights, metrics, curves, validation predictions, plots/)")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mmsent.data.check import check_dataset, format_report
+    from mmsent.files import atomic_write_text, check_output_file
 
+    out = check_output_file(args.out, "the data report")  # before the data set is read
     report = check_dataset(args.data)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    atomic_write_text(out, json.dumps(report, indent=2))
     print(format_report(report))
-    print(f"JSON report: {args.out}")
+    print(f"JSON report: {out}")
+    if report["problems"]:
+        # a check that passes whatever it finds cannot guard a pipeline
+        print(f"mmsent: error: the data set has {len(report['problems'])} problem(s), listed above", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -257,7 +291,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ablate = None if args.ablate is None else [p.strip() for p in args.ablate.split(",") if p.strip()]
     overrides = list(args.overrides) + ([f"data.on_error={args.on_error}"] if args.on_error else [])
     result = compare(args.data, args.out, presets, config_path=args.config, overrides=overrides,
-                     ablate=ablate, quiet=args.quiet, command=command_line(args.argv))
+                     ablate=ablate, quiet=args.quiet, command=command_line(args.argv), overwrite=args.overwrite)
     print(result.markdown)
     print(f"results: {result.out_dir} (results.csv, results.md, figures)")
     return 0
@@ -283,7 +317,8 @@ def cmd_badcases(args: argparse.Namespace) -> int:
     from mmsent.engine.metrics import summary_line
     from mmsent.experiments.badcases import mine_bad_cases
 
-    res = mine_bad_cases(args.run, args.data, args.out, args.folds, args.seed, args.quiet, command_line(args.argv))
+    res = mine_bad_cases(args.run, args.data, args.out, args.folds, args.seed, args.quiet, command_line(args.argv),
+                         overwrite=args.overwrite)
     print(f"out of fold on the training split: {summary_line(res.metrics)}")
     print(f"mistakes: {res.n_bad} of {res.n_train} -> {res.out_dir / 'bad_cases.csv'}")
     print(f"error analysis: {res.out_dir / 'results.md'}, {res.out_dir / 'confusion.md'} and figures")
@@ -296,7 +331,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
     opts = AugmentOptions(synonyms=not args.no_synonyms)
     res = augment_bad_cases(args.badcases, args.data, args.out, args.copies, args.seed, opts, args.quiet,
-                            command_line(args.argv))
+                            command_line(args.argv), overwrite=args.overwrite)
     print(f"wrote {res.n_copies} copies of {res.n_sources} cases to {res.out_dir / 'data'} "
           f"(manifest {res.out_dir / 'manifest.csv'}) in {res.seconds:.1f} s")
     print(f"add them to training with: --set data.augment=[{res.out_dir}]  or  mmsent retrain --augment {res.out_dir}")
@@ -307,7 +342,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from mmsent.experiments.retrain import format_comparison, retrain
 
     t0 = time.perf_counter()
-    res = retrain(args.run, args.augment, args.out, args.data, args.quiet, command_line(args.argv))
+    res = retrain(args.run, args.augment, args.out, args.data, args.quiet, command_line(args.argv),
+                  overwrite=args.overwrite)
     print(f"validation split of {args.run} (n={res.after['n']}), before = {args.run}, after = {res.run_dir}:")
     print(format_comparison(res.rows))
     print(f"time: {time.perf_counter() - t0:.1f} s; table: {res.run_dir / 'results.md'}")
@@ -320,7 +356,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
     result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
-                        prune=not args.no_prune, quiet=not args.verbose)
+                        prune=not args.no_prune, quiet=args.quiet or not args.verbose)
     print(f"ran {result.ran} trial(s) here; the study {result.study_name!r} has {len(result.rows)} ({result.storage})")
     if result.best_value is not None:
         print(f"best validation {args.objective}: {result.best_value:.4f}; config: {args.out / 'best.yaml'}")
@@ -329,41 +365,43 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
-    from mmsent.experiments.common import markdown_table
     from mmsent.experiments.variants import load_variants, run_variants
+    from mmsent.tables import markdown_table
 
-    rows = run_variants(args.data, args.out, _config(args), load_variants(args.variants), command_line(args.argv), args.quiet)
+    rows = run_variants(args.data, args.out, _config(args), load_variants(args.variants), command_line(args.argv), args.quiet,
+                        overwrite=args.overwrite, preset=args.preset)
     print(markdown_table(rows, ["variant", "accuracy", "macro_f1", "parameters", "train_seconds"]))
     return 0
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from mmsent.experiments.common import markdown_table
     from mmsent.experiments.seeds import parse_seeds, run_seeds
+    from mmsent.tables import markdown_table
 
     rows, note = run_seeds(args.data, args.out, _config(args), parse_seeds(args.seeds), command_line(args.argv),
-                           vary_split=args.vary_split, quiet=args.quiet)
+                           vary_split=args.vary_split, quiet=args.quiet, overwrite=args.overwrite, preset=args.preset)
     print(markdown_table(rows, ["seed", "accuracy", "macro_f1", "macro_precision", "macro_recall"]))
     print(note)
     return 0
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from mmsent.experiments.common import markdown_table
     from mmsent.experiments.robustness import parse_levels, run_robustness
+    from mmsent.tables import markdown_table
 
     names = [n.strip() for n in args.perturbations.split(",")] if args.perturbations else None
     rows = run_robustness(args.run, args.data, args.out, command_line(args.argv), names, parse_levels(args.levels),
-                          seed=args.seed, quiet=args.quiet)
+                          seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
     print(markdown_table(rows, ["perturbation", "level", "accuracy", "macro_f1", "drop_macro_f1"]))
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from mmsent.experiments.ablation import run_ablation
-    from mmsent.experiments.common import markdown_table
+    from mmsent.tables import markdown_table
 
-    rows = run_ablation(args.run, args.data, args.out, command_line(args.argv), retrain=args.retrain, quiet=args.quiet)
+    rows = run_ablation(args.run, args.data, args.out, command_line(args.argv), retrain=args.retrain, quiet=args.quiet,
+                        overwrite=args.overwrite)
     print(markdown_table(rows, ["setting", "method", "accuracy", "macro_f1"]))
     return 0
 
@@ -398,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     except MmsentError as exc:
         print(f"mmsent: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # the environment refused a file operation (read-only folder, full disk, permissions): say where and why
+        from mmsent.files import describe_os_error
+
+        print(f"mmsent: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mmsent: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mmsent.errors import ConfigError
+from mmsent.files import atomic_write_text
 
 
 class _Section(BaseModel):
@@ -102,6 +103,13 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+    def with_values(self, values: dict[str, Any]) -> Config:
+        """A validated copy with `section.key` values set: the one way to derive a config from another."""
+        raw = config_to_dict(self)
+        for dotted, value in values.items():
+            set_dotted(raw, str(dotted), value)
+        return _validate(raw, "overrides " + ", ".join(f"{k}={v}" for k, v in values.items()))
+
     def cache_path(self) -> Path:
         """The feature cache folder: config, then $MMSENT_CACHE, then ~/.cache/mmsent."""
         if self.runtime.cache_dir:
@@ -164,18 +172,24 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     dotted, _, text = item.partition("=")
-    keys = [k for k in dotted.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"override {item!r} names no key")
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    set_dotted(raw, dotted.strip(), value, what=f"override {item!r}")
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, what: str | None = None) -> None:
+    """raw["a"]["b"] = value for "a.b", creating sections on the way."""
+    what = what or repr(dotted)
+    keys = [k for k in dotted.split(".") if k]
+    if not keys:
+        raise ConfigError(f"{what} names no key")
     node = raw
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {key} is not a section")
+            raise ConfigError(f"{what}: {key} is not a section")
         node = child
     node[keys[-1]] = value
 
@@ -184,6 +198,11 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def config_yaml(config: Config) -> str:
+    """The full resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the full resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    """Write the full resolved config as YAML (atomically)."""
+    atomic_write_text(Path(path), config_yaml(config))

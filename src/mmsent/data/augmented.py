@@ -10,7 +10,7 @@ from mmsent import LABELS
 from mmsent.data.labels import LabelEntry
 from mmsent.data.records import Record, load_record
 from mmsent.errors import DataError, MmsentError, Problem
-from mmsent.experiments.common import read_table
+from mmsent.tables import read_table
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("guid", "source_guid", "tag", "operations")

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmsent.config import Config
 from mmsent.data.records import Record
 
 
@@ -43,20 +42,19 @@ class _Collate:
 def record_batches(
     records: list[Record],
     labels: np.ndarray,
-    encoders: dict,
-    cfg: Config,
-    train: bool,
+    loaders: dict[str, Callable[[Record], Any]],
+    collates: dict[str, Callable[[list[Any]], Any]],
     batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
-    """A DataLoader over raw records; training batches get the training transforms and shuffling."""
-    loaders = {name: enc.item_loader(cfg, train=train) for name, enc in encoders.items()}
-    collates = {name: enc.collate for name, enc in encoders.items()}
+    """A DataLoader over raw records: each encoder's item loader per record, its collate per batch."""
     return DataLoader(
         RecordDataset(records, loaders, labels),
         batch_size=batch_size,
-        shuffle=train,
-        num_workers=cfg.runtime.num_workers,
+        shuffle=shuffle,
+        num_workers=num_workers,
         collate_fn=_Collate(collates),
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmsent import LABELS
 from mmsent.errors import Problem
+from mmsent.files import atomic_write_text
 
 HEADER = ("guid", "tag")
 NULL_TAG = "null"
@@ -60,17 +59,11 @@ def read_label_file(path: Path, labelled: bool) -> tuple[list[LabelEntry], list[
     return entries, problems
 
 
+def label_file_text(rows: list[tuple[str, str]]) -> str:
+    """`guid,tag` rows with their header, as the lists of a data set folder hold them."""
+    return "guid,tag\n" + "".join(f"{guid},{tag}\n" for guid, tag in rows)
+
+
 def write_label_file(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Write `guid,tag` rows atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write("guid,tag\n")
-            for guid, tag in rows:
-                handle.write(f"{guid},{tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `guid,tag` rows atomically (a temp file in the same folder, then a rename), mode as for any new file."""
+    atomic_write_text(Path(path), label_file_text(rows))

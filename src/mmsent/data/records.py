@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +44,9 @@ class DataSet:
     test: list[Record]
     skipped: list[Problem] = field(default_factory=list)
 
-    def write_skipped(self, path: Path) -> None:
-        rows = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in self.skipped]
-        path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    def skipped_rows(self) -> list[dict]:
+        """What was left out and why, one row per problem (a run's skipped.json)."""
+        return [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in self.skipped]
 
 
 def require_data_dir(root: Path) -> Path:
@@ -119,3 +118,18 @@ def load_dataset(root: Path, on_error: str = "fail", max_pixels: int = 89_478_48
         # a guid in both lists is a leak either way: drop it from training, keep it for prediction
         train = [r for r in train if r.guid not in overlap]
     return DataSet(root, train, test, skipped=problems)
+
+
+def records_for_guids(data_dir: Path, guids: list[str], max_pixels: int) -> list[Record]:
+    """Records of train.txt for guids, in their order; every guid must be there (a run's split, for example)."""
+    records, problems = load_records(Path(data_dir), Path(data_dir) / TRAIN_LIST, labelled=True, max_pixels=max_pixels)
+    by_guid = {r.guid: r for r in records}
+    missing = [g for g in guids if g not in by_guid]
+    if missing:
+        reasons = {p.guid: p.reason for p in problems}
+        detail = ", ".join(f"{g} ({reasons.get(g, 'not in train.txt')})" for g in missing[:10])
+        raise MmsentError(
+            f"{data_dir}: {len(missing)} guid(s) of the run's split cannot be loaded: {detail}. "
+            "Pass the data folder the run was trained on."
+        )
+    return [by_guid[g] for g in guids]

@@ -41,6 +41,18 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[s
     return metrics
 
 
+# the scalar metrics every experiment table shows, in this order
+METRICS = ["accuracy", "macro_f1", "macro_precision", "macro_recall", "roc_auc_ovr_macro"]
+
+
+def metric_row(metrics: dict) -> dict:
+    """The scalar metrics plus per-class F1 of a metrics dict, flat for a table."""
+    row = {name: metrics.get(name) for name in METRICS}
+    for label in LABELS:
+        row[f"f1_{label}"] = metrics.get("per_class", {}).get(label, {}).get("f1")
+    return row
+
+
 def summary_line(metrics: dict) -> str:
     return (
         f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "

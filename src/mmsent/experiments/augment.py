@@ -20,7 +20,8 @@ from mmsent.data.labels import LabelEntry, read_label_file
 from mmsent.data.records import TEST_LIST, TRAIN_LIST, load_record, require_data_dir
 from mmsent.data.text import HASHTAG_RE, MENTION_RE, URL_RE, clean_text
 from mmsent.errors import DataError, MmsentError
-from mmsent.experiments.common import read_table, write_manifest, write_table
+from mmsent.run_folder import experiment_folder, write_manifest
+from mmsent.tables import read_table, write_table
 
 # emoji to words and "soooooo" to "sooo"; everything else stays for the training pipeline's own cleaning
 NORMALISE = TextConfig(
@@ -218,16 +219,23 @@ def read_cases(path: Path) -> list[tuple[str, str]]:
 
 def augment_bad_cases(
     badcases_file: Path, data_dir: Path, out_dir: Path, copies: int = 2, seed: int = 0,
-    opts: AugmentOptions = AugmentOptions(), quiet: bool = False, command: str = "",
+    opts: AugmentOptions = AugmentOptions(), quiet: bool = False, command: str = "", overwrite: bool = False,
 ) -> AugmentResult:
     """Write `copies` augmented copies of each mined case to out_dir/data and list them in manifest.csv."""
-    t0 = time.perf_counter()
     if copies < 1:
         raise MmsentError("--copies must be at least 1")
     root = require_data_dir(Path(data_dir))
     cases = read_cases(Path(badcases_file))
+    with experiment_folder(Path(out_dir), "augment", overwrite) as out_dir:
+        return _write_copies(cases, root, out_dir, copies, seed, opts, quiet, command, badcases_file)
+
+
+def _write_copies(
+    cases: list[tuple[str, str]], root: Path, out_dir: Path, copies: int, seed: int, opts: AugmentOptions,
+    quiet: bool, command: str, badcases_file: Path,
+) -> AugmentResult:
+    t0 = time.perf_counter()
     real = {e.guid for name in (TRAIN_LIST, TEST_LIST) for e in read_label_file(root / name, labelled=False)[0]}
-    out_dir = Path(out_dir)
     (out_dir / "data").mkdir(parents=True, exist_ok=True)
     problems, manifest = [], []
     for guid, tag in cases:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -14,14 +13,15 @@ import numpy as np
 from PIL import Image
 
 from mmsent import LABELS
-from mmsent.config import Config, load_config
+from mmsent.config import Config
 from mmsent.data.guard import LeakError, find_leaks
 from mmsent.data.records import DataSet, Record
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.data.text import text_attributes
 from mmsent.engine.metrics import compute_metrics
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import write_manifest, write_table
+from mmsent.run_folder import RunFolder, RunOrigin, experiment_folder, write_manifest
+from mmsent.tables import write_table
 
 PROB_COLUMNS = [f"p_{lab}" for lab in LABELS]
 CASE_COLUMNS = [
@@ -43,21 +43,18 @@ class BadCaseResult:
     seconds: float
 
 
-def mining_records(run_dir: Path, dataset: DataSet) -> tuple[list[Record], set[str]]:
+def mining_records(run: RunFolder, dataset: DataSet) -> tuple[list[Record], set[str]]:
     """The run's training records (original guids only) and the guids mining must never touch."""
-    split_file = Path(run_dir) / "split.json"
-    if not split_file.is_file():
-        raise MmsentError(f"{run_dir} has no split.json: mine a run folder written by `mmsent train`")
-    split = json.loads(split_file.read_text(encoding="utf-8"))
+    split = run.split()
     by_guid = {r.guid: r for r in dataset.train}
     # copies the run trained on (data.augment) are not mined: their guids are not in train.txt
-    records = [by_guid[g] for g in split["train"] if g in by_guid]
-    forbidden = set(split["val"]) | {r.guid for r in dataset.test}
+    records = [by_guid[g] for g in split.train if g in by_guid]
+    forbidden = set(split.val) | {r.guid for r in dataset.test}
     touched = sorted({r.guid for r in records} & forbidden)
     if touched:
-        raise LeakError(f"{split_file}: training guids also in the validation split or test list: {touched[:10]}")
+        raise LeakError(f"{run.path}: training guids also in the validation split or test list: {touched[:10]}")
     if not records:
-        raise MmsentError(f"{split_file}: none of its training guids is in {dataset.root}/train.txt (wrong --data?)")
+        raise MmsentError(f"{run.path}: none of its training guids is in {dataset.root}/train.txt (wrong --data?)")
     return records, forbidden
 
 
@@ -74,7 +71,7 @@ def out_of_fold_proba(
     folds_dir: Path, k: int, seed: int, quiet: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Probabilities (N, C) of each record from the fold model that never saw it, its fold (N,), seconds per fold."""
-    from mmsent.api import load_run, train
+    from mmsent.api import train
 
     if k < 2:
         raise MmsentError(f"--folds must be at least 2 (got {k})")
@@ -93,8 +90,9 @@ def out_of_fold_proba(
         leaks = find_leaks(fit_part + stop_part, {"held-out fold": [r.guid for r in held_out], "run's held-out data": forbidden})
         if leaks:
             raise LeakError("out-of-fold mining would leak:\n  " + "\n  ".join(leaks[:20]))
-        result = train(data_dir, folds_dir / f"fold{fold}", cfg, quiet=True, dataset=dataset, split=(fit_part, stop_part))
-        probs[out_idx] = load_run(result.run_dir).predict_proba(held_out, quiet=True)
+        result = train(data_dir, folds_dir / f"fold{fold}", cfg, quiet=True, dataset=dataset, split=(fit_part, stop_part),
+                       overwrite=True, origin=RunOrigin(f"mmsent badcases fold {fold + 1}/{k}"))
+        probs[out_idx] = result.model.predict_proba(held_out, quiet=True)
         fold_of[out_idx] = fold
         seconds.append(time.perf_counter() - t0)
         if not quiet:
@@ -226,31 +224,32 @@ def write_analysis(rows: list[dict], out_dir: Path) -> list[dict]:
 
 def mine_bad_cases(
     run_dir: Path, data_dir: Path, out_dir: Path, folds: int = 5, seed: int | None = None,
-    quiet: bool = False, command: str = "",
+    quiet: bool = False, command: str = "", overwrite: bool = False,
 ) -> BadCaseResult:
     """Mine the mistakes of out-of-fold models on the run's training split; validation and test stay untouched."""
     from mmsent.api import encode_labels, load_training_data
 
     t0 = time.perf_counter()
-    cfg = load_config(Path(run_dir) / "config.yaml")
-    cfg.data.augment = []  # fold models see original guids only: a copy of a held-out guid would leak
+    run = RunFolder.open(run_dir)
+    # fold models see original guids only: a copy of a held-out guid would leak
+    cfg = run.config().with_values({"data.augment": []})
     seed = cfg.data.split_seed if seed is None else seed
-    dataset = load_training_data(Path(data_dir), cfg)
-    records, forbidden = mining_records(Path(run_dir), dataset)
-    out_dir = Path(out_dir)
-    probs, fold_of, fold_seconds = out_of_fold_proba(
-        records, forbidden, cfg, Path(data_dir), dataset, out_dir / "folds", folds, seed, quiet
-    )
-    rows = case_rows(records, probs, fold_of)
-    bad = [r for r in rows if not r["correct"]]
-    write_table(rows, out_dir, name="oof_predictions", columns=CASE_COLUMNS)
-    write_table(bad, out_dir, name="bad_cases", columns=CASE_COLUMNS)
-    write_analysis(rows, out_dir)
-    metrics = compute_metrics(encode_labels(records), probs)
-    seconds = time.perf_counter() - t0
-    write_manifest(
-        out_dir, "badcases", command, run=str(run_dir), data=str(Path(data_dir).resolve()), folds=folds, seed=seed,
-        n_train=len(records), n_bad=len(bad), oof_accuracy=metrics["accuracy"], oof_macro_f1=metrics["macro_f1"],
-        fold_seconds=[round(s, 2) for s in fold_seconds], seconds=round(seconds, 2),
-    )
+    with experiment_folder(Path(out_dir), "badcases", overwrite) as out_dir:
+        dataset = load_training_data(Path(data_dir), cfg)
+        records, forbidden = mining_records(run, dataset)
+        probs, fold_of, fold_seconds = out_of_fold_proba(
+            records, forbidden, cfg, Path(data_dir), dataset, out_dir / "folds", folds, seed, quiet
+        )
+        rows = case_rows(records, probs, fold_of)
+        bad = [r for r in rows if not r["correct"]]
+        write_table(rows, out_dir, name="oof_predictions", columns=CASE_COLUMNS)
+        write_table(bad, out_dir, name="bad_cases", columns=CASE_COLUMNS)
+        write_analysis(rows, out_dir)
+        metrics = compute_metrics(encode_labels(records), probs)
+        seconds = time.perf_counter() - t0
+        write_manifest(
+            out_dir, "badcases", command, run=str(run_dir), data=str(Path(data_dir).resolve()), folds=folds, seed=seed,
+            n_train=len(records), n_bad=len(bad), oof_accuracy=metrics["accuracy"], oof_macro_f1=metrics["macro_f1"],
+            fold_seconds=[round(s, 2) for s in fold_seconds], seconds=round(seconds, 2),
+        )
     return BadCaseResult(out_dir, len(records), len(bad), metrics, fold_seconds, seconds)

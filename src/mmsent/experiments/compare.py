@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmsent.api import load_training_data, train
 from mmsent.config import Config, load_config
 from mmsent.errors import MmsentError, WeightsNotFoundError
-from mmsent.experiments.common import markdown_table, write_manifest, write_table
 from mmsent.presets import PRESETS
+from mmsent.run_folder import ERROR_FILE, RunFolder, RunOrigin, experiment_folder, write_error, write_manifest
+from mmsent.tables import markdown_table, write_table
 
 COLUMNS = [
     "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1",
@@ -31,7 +31,7 @@ def modality_config(cfg: Config, modality: str, encoder_modalities: dict[str, st
     kept = [e for e in cfg.model.encoders if encoder_modalities.get(e) == modality]
     if not kept:
         raise MmsentError(f"no {modality} encoder among {cfg.model.encoders}")
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"encoders": kept})})
+    return cfg.with_values({"model.encoders": kept})
 
 
 def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
@@ -55,16 +55,11 @@ def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
 def _failed_row(name: str, modalities: str, reason: str, run_dir: Path) -> dict:
     """A row that says in one line why the preset could not run; the full message goes to run_dir/error.txt."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").write_text(reason + "\n", encoding="utf-8")
+    write_error(run_dir, reason)
     short = reason.splitlines()[0].split(": looked in")[0]
     if len(short) > 140:
         short = short[:137] + "..."
-    return {"preset": name, "modalities": modalities, "status": f"{short} (see runs/{run_dir.name}/error.txt)"}
-
-
-def _read_history(run_dir: Path) -> list[dict]:
-    with (run_dir / "history.csv").open(newline="") as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    return {"preset": name, "modalities": modalities, "status": f"{short} (see runs/{run_dir.name}/{ERROR_FILE})"}
 
 
 def compare(
@@ -76,6 +71,7 @@ def compare(
     ablate: list[str] | None = None,
     quiet: bool = False,
     command: str = "",
+    overwrite: bool = False,
 ) -> CompareResult:
     """Train each preset with the same shared config; a preset that cannot run gets a row saying why."""
     unknown = [p for p in presets if p not in PRESETS]
@@ -83,40 +79,47 @@ def compare(
         raise MmsentError(f"unknown preset(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(PRESETS)}")
     ablate = [p for p in (DEFAULT_ABLATION if ablate is None else ablate) if p in presets]
     configs = {name: load_config(config_path, overrides, preset=name) for name in presets}  # validate all first
-    out_dir = Path(out_dir)
-    first = configs[presets[0]]
-    dataset = load_training_data(Path(data_dir), first)  # one load, one split for every preset
-    rows: list[dict] = []
-    histories: dict[str, list[dict]] = {}
-    for name in presets:
-        cfg = configs[name]
-        variants = [("both", cfg)]
-        if name in ablate:
-            variants += [("text", None), ("image", None)]
-        modalities_of: dict[str, str] = {}
-        for modalities, variant_cfg in variants:
-            label = name if modalities == "both" else f"{name} ({modalities} only)"
-            run_dir = out_dir / "runs" / (name if modalities == "both" else f"{name}-{modalities}-only")
-            try:
-                if variant_cfg is None:
-                    variant_cfg = modality_config(cfg, modalities, modalities_of)
-                result = train(Path(data_dir), run_dir, variant_cfg, quiet=quiet, dataset=dataset)
-            except WeightsNotFoundError as exc:
-                rows.append(_failed_row(label, modalities, f"weights missing: {exc}", run_dir))
-                break  # its ablation rows cannot run either
-            except MmsentError as exc:
-                rows.append(_failed_row(label, modalities, f"failed: {exc}", run_dir))
-                continue
-            if modalities == "both":
-                import json
-
-                modalities_of = json.loads((run_dir / "model.json").read_text())["encoder_modalities"]
-            rows.append(_row(label, modalities, variant_cfg, result.metrics))
-            histories[label] = _read_history(run_dir)
-    write_table(rows, out_dir, columns=COLUMNS)
-    _plots(rows, histories, out_dir)
-    write_manifest(out_dir, "compare", command, presets=presets, ablated=ablate)
+    with experiment_folder(Path(out_dir), "compare", overwrite) as out_dir:
+        first = configs[presets[0]]
+        dataset = load_training_data(Path(data_dir), first)  # one load, one split for every preset
+        rows: list[dict] = []
+        histories: dict[str, list[dict]] = {}
+        for name in presets:
+            rows += _preset_rows(name, configs[name], name in ablate, Path(data_dir), out_dir, dataset, quiet, command,
+                                 histories)
+        write_table(rows, out_dir, columns=COLUMNS)
+        _plots(rows, histories, out_dir)
+        write_manifest(out_dir, "compare", command, presets=presets, ablated=ablate)
     return CompareResult(out_dir, rows, markdown_table(rows, COLUMNS))
+
+
+def _preset_rows(
+    name: str, cfg: Config, ablated: bool, data_dir: Path, out_dir: Path, dataset, quiet: bool, command: str,
+    histories: dict[str, list[dict]],
+) -> list[dict]:
+    """The preset's row (and its text-only / image-only rows when ablated); its runs under out_dir/runs."""
+    rows = []
+    variants = [("both", cfg)] + ([("text", None), ("image", None)] if ablated else [])
+    modalities_of: dict[str, str] = {}
+    for modalities, variant_cfg in variants:
+        label = name if modalities == "both" else f"{name} ({modalities} only)"
+        run_dir = out_dir / "runs" / (name if modalities == "both" else f"{name}-{modalities}-only")
+        try:
+            if variant_cfg is None:
+                variant_cfg = modality_config(cfg, modalities, modalities_of)
+            result = train(data_dir, run_dir, variant_cfg, quiet=quiet, dataset=dataset, overwrite=True,
+                           origin=RunOrigin(command, preset=name))
+        except WeightsNotFoundError as exc:
+            rows.append(_failed_row(label, modalities, f"weights missing: {exc}", run_dir))
+            break  # its ablation rows cannot run either
+        except MmsentError as exc:
+            rows.append(_failed_row(label, modalities, f"failed: {exc}", run_dir))
+            continue
+        if modalities == "both":
+            modalities_of = result.model.classifier.encoder_modalities
+        rows.append(_row(label, modalities, variant_cfg, result.metrics))
+        histories[label] = RunFolder.open(run_dir).history()
+    return rows
 
 
 def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) -> None:

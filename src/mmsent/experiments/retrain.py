@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmsent import LABELS
-from mmsent.config import load_config
 from mmsent.data.augmented import manifest_path
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import read_manifest, write_manifest, write_table
+from mmsent.run_folder import RunFolder, RunOrigin, create_run, read_manifest
+from mmsent.tables import write_table
 
 
 @dataclass
@@ -42,37 +41,38 @@ def comparison_rows(before: dict, after: dict) -> list[dict]:
 
 def retrain(
     run_dir: Path, augment: list[Path], out_dir: Path, data_dir: Path | None = None,
-    quiet: bool = False, command: str = "",
+    quiet: bool = False, command: str = "", overwrite: bool = False,
 ) -> RetrainResult:
-    """Train RUN's config on RUN's split (same seed) plus the copies of `augment`; compare on RUN's validation split."""
-    from mmsent.api import load_training_data, train
+    """Train RUN's config on RUN's split (same seed) plus the copies of `augment`; compare on RUN's validation split.
 
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "metrics.json", "split.json"):
-        if not (run_dir / name).is_file():
-            raise MmsentError(f"{run_dir} is not a trained run: {name} is missing")
-    cfg = load_config(run_dir / "config.yaml")
+    The new run folder also holds the before / after table (results.csv/.md); it is published complete.
+    """
+    from mmsent.api import load_training_data, train_into
+
+    base = RunFolder.open(run_dir)
+    base_cfg = base.config()
     # absolute paths, so that the new run's config.yaml reproduces it from anywhere
-    cfg.data.augment = cfg.data.augment + [str(manifest_path(a).resolve()) for a in augment]
+    cfg = base_cfg.with_values({"data.augment": base_cfg.data.augment + [str(manifest_path(a).resolve()) for a in augment]})
     data_dir = _data_dir([Path(a) for a in augment], data_dir)
-    dataset = load_training_data(data_dir, cfg)
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    by_guid = {r.guid: r for r in dataset.train}
-    missing = [g for g in split["val"] if g not in by_guid]
-    if missing:
-        raise MmsentError(f"{len(missing)} validation guids of {run_dir} are not in {data_dir}/train.txt "
-                          f"(e.g. {missing[:5]}): pass the --data the run was trained on")
-    # RUN's own copies (if any) come back through its data.augment, not through split.json
-    train_records = [by_guid[g] for g in split["train"] if g in by_guid]
-    val_records = [by_guid[g] for g in split["val"]]
-    result = train(data_dir, Path(out_dir), cfg, quiet, dataset=dataset, split=(train_records, val_records))
-    before = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    rows = comparison_rows(before, result.metrics)
-    write_table(rows, Path(out_dir))
-    write_manifest(Path(out_dir), "retrain", command, base_run=str(run_dir), augment=cfg.data.augment,
-                   data=str(Path(data_dir).resolve()), n_augmented=result.metrics["n_train"] - len(train_records),
-                   before={k: before[k] for k in ("accuracy", "macro_f1")},
-                   after={k: result.metrics[k] for k in ("accuracy", "macro_f1")})
+    split, before = base.split(), base.metrics()
+    with create_run(Path(out_dir), overwrite) as writer:
+        dataset = load_training_data(data_dir, cfg)
+        by_guid = {r.guid: r for r in dataset.train}
+        missing = [g for g in split.val if g not in by_guid]
+        if missing:
+            raise MmsentError(f"{len(missing)} validation guids of {run_dir} are not in {data_dir}/train.txt "
+                              f"(e.g. {missing[:5]}): pass the --data the run was trained on")
+        # RUN's own copies (if any) come back through its data.augment, not through split.json
+        train_records = [by_guid[g] for g in split.train if g in by_guid]
+        val_records = [by_guid[g] for g in split.val]
+        result = train_into(writer, data_dir, cfg, quiet, dataset=dataset, split=(train_records, val_records),
+                            origin=RunOrigin(command, preset=base.preset, kind="retrain"))
+        rows = comparison_rows(before, result.metrics)
+        write_table(rows, writer.path)
+        writer.update_manifest(base_run=str(run_dir), augment=cfg.data.augment,
+                               n_augmented=result.metrics["n_train"] - len(train_records),
+                               before={k: before[k] for k in ("accuracy", "macro_f1")},
+                               after={k: result.metrics[k] for k in ("accuracy", "macro_f1")})
     return RetrainResult(Path(out_dir), before, result.metrics, rows)
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from mmsent.api import encode_labels, extract_features, load_run
 from mmsent.data.images import open_image
-from mmsent.data.records import Record
-from mmsent.engine.metrics import compute_metrics
+from mmsent.data.records import Record, records_for_guids
+from mmsent.engine.metrics import METRICS, compute_metrics, metric_row
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import write_manifest, write_table
 from mmsent.experiments.perturb import PERTURBATIONS, Perturbation
-from mmsent.experiments.runs import METRICS, guid_records, metric_row, run_split
+from mmsent.run_folder import RunFolder, experiment_folder, write_manifest
+from mmsent.tables import write_table
 
 
 def parse_levels(specs: list[str]) -> dict[str, tuple[float, ...]]:
@@ -59,27 +59,45 @@ def run_robustness(
     levels: dict[str, tuple[float, ...]] | None = None,
     seed: int = 0,
     quiet: bool = True,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Clean and perturbed metrics on the run's validation split; write results.csv/.md, robustness.png, experiment.json."""
+    unknown = [n for n in names or [] if n not in PERTURBATIONS]
+    if unknown:
+        raise MmsentError(f"unknown perturbation {unknown[0]!r}; use one of {', '.join(PERTURBATIONS)}")
     run = load_run(run_dir)
-    records = guid_records(data_dir, run_split(run_dir)["val"], run.cfg.data.max_image_pixels)
-    if not records:
+    val_guids = RunFolder.open(run_dir).split().val
+    if not val_guids:
         raise MmsentError(f"{run_dir}: the run's validation split is empty")
+    with experiment_folder(Path(out_dir), "robustness", overwrite) as out_dir:
+        records = records_for_guids(data_dir, val_guids, run.cfg.data.max_image_pixels)
+        rows = _perturbed_rows(run, records, names or list(PERTURBATIONS), levels or {}, seed, quiet)
+        write_table(rows, out_dir)
+        from mmsent.reporting.experiment_plots import plot_robustness
+
+        plot_robustness(rows, "macro_f1", out_dir / "robustness.png")
+        write_manifest(out_dir, "robustness", command, run=str(run_dir), n_val=len(records), seed=seed,
+                       levels={n: list((levels or {}).get(n, PERTURBATIONS[n].levels)) for n in names or PERTURBATIONS},
+                       metrics=METRICS)
+    return rows
+
+
+def _perturbed_rows(run, records: list[Record], names: list[str], levels: dict[str, tuple[float, ...]], seed: int,
+                    quiet: bool) -> list[dict]:
+    """The clean row, then one row per perturbation and level (only the perturbed modality is encoded again)."""
     y = encode_labels(records)
     clean_feats = run.features(records, quiet=quiet)  # the cached clean features, computed once
     clean = metric_row(compute_metrics(y, run.predict_features(clean_feats)))
     rows = [{"perturbation": "clean", "modality": "-", "level": 0.0, "unit": "", **clean,
              **{f"drop_{k}": 0.0 for k in ("accuracy", "macro_f1")}}]
     modalities = {e.modality for e in run.encoders.values()}
-    for name in names or list(PERTURBATIONS):
-        if name not in PERTURBATIONS:
-            raise MmsentError(f"unknown perturbation {name!r}; use one of {', '.join(PERTURBATIONS)}")
+    for name in names:
         p = PERTURBATIONS[name]
         if p.modality not in modalities:
             continue  # e.g. image perturbations of a text-only run change nothing
         # only the perturbed modality's encoders run again, uncached; the rest reuse the clean features
         encoders = {n: e for n, e in run.encoders.items() if e.modality == p.modality}
-        for level in (levels or {}).get(name, p.levels):
+        for level in levels.get(name, p.levels):
             perturbed = [perturb_record(r, p, level, seed, run.cfg.data.max_image_pixels) for r in records]
             feats, _ = extract_features(encoders, perturbed, run.cfg, quiet=quiet, use_cache=False)
             row = metric_row(compute_metrics(y, run.predict_features({**clean_feats, **feats})))
@@ -88,11 +106,4 @@ def run_robustness(
                          "drop_macro_f1": clean["macro_f1"] - row["macro_f1"]})
             if not quiet:
                 print(f"{name} {level:g}: macro-F1 {row['macro_f1']:.4f} (clean {clean['macro_f1']:.4f})")
-    write_table(rows, Path(out_dir))
-    from mmsent.reporting.experiment_plots import plot_robustness
-
-    plot_robustness(rows, "macro_f1", Path(out_dir) / "robustness.png")
-    write_manifest(Path(out_dir), "robustness", command, run=str(run_dir), n_val=len(records), seed=seed,
-                   levels={n: list((levels or {}).get(n, PERTURBATIONS[n].levels)) for n in names or PERTURBATIONS},
-                   metrics=METRICS)
     return rows

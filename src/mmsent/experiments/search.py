@@ -16,10 +16,11 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mmsent.api import load_training_data, train
-from mmsent.config import Config, save_config
+from mmsent.config import Config, read_yaml_mapping, save_config
+from mmsent.engine.metrics import METRICS, metric_row
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import write_manifest, write_table
-from mmsent.experiments.runs import METRICS, config_with, metric_row, read_mapping
+from mmsent.run_folder import RunOrigin, write_manifest
+from mmsent.tables import write_table
 
 GRID_POINT = "grid_point"  # user attr: the point a running grid trial claims before it looks for rivals
 HELD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # a point done or in training
@@ -51,7 +52,7 @@ class GridSampler(optuna.samplers.GridSampler):
 
 def load_grid(path: Path) -> dict[str, list]:
     """A grid file: config key -> list of values."""
-    grid = read_mapping(path, "grid")
+    grid = read_yaml_mapping(path, "grid", allow_empty=False)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise MmsentError(f"grid file {path}: {key} must map to a non-empty list of values")
@@ -60,7 +61,7 @@ def load_grid(path: Path) -> dict[str, list]:
 
 def load_space(path: Path) -> dict[str, dict]:
     """A search space file: config key -> {low, high[, log]} or {choices: [...]}."""
-    space = read_mapping(path, "search space")
+    space = read_yaml_mapping(path, "search space", allow_empty=False)
     for key, spec in space.items():
         ok = isinstance(spec, dict) and ("choices" in spec or {"low", "high"} <= set(spec))
         if not ok:
@@ -199,7 +200,7 @@ def _objective_fn(data_dir: Path, out_dir: Path, cfg: Config, space: SearchSpace
             # two workers raced for one grid point: this trial trains nothing
             trial.set_user_attr("duplicate_of", rival)
             raise optuna.TrialPruned(f"grid point already taken by trial {rival}")
-        trial_cfg = config_with(cfg, values)
+        trial_cfg = cfg.with_values(values)
         run_dir = out_dir / "trials" / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         epoch_key = f"val_{objective}"
@@ -210,11 +211,11 @@ def _objective_fn(data_dir: Path, out_dir: Path, cfg: Config, space: SearchSpace
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
 
-        result = train(data_dir, run_dir, trial_cfg, quiet=quiet, dataset=dataset, callbacks=[report])
+        result = train(data_dir, run_dir, trial_cfg, quiet=quiet, dataset=dataset, callbacks=[report], overwrite=True,
+                       origin=RunOrigin(f"mmsent search trial {trial.number}", facts={"params": values}))
         row = metric_row(result.metrics)
         for name, value in {**row, **result.timings, "best_epoch": result.metrics["best_epoch"]}.items():
             trial.set_user_attr(name, value)
-        write_manifest(run_dir, "train", f"mmsent search trial {trial.number}", params=values)
         if row.get(objective) is None:
             raise MmsentError(f"unknown objective {objective!r}; use one of {', '.join(row)}")
         return float(row[objective])
@@ -297,7 +298,7 @@ def run_search(
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if finished:
         best = max(finished, key=lambda t: t.value)
-        best_cfg, best_value = config_with(cfg, space.params_to_values(best.params)), best.value
+        best_cfg, best_value = cfg.with_values(space.params_to_values(best.params)), best.value
         save_config(best_cfg, out_dir / "best.yaml")
     write_table(rows, out_dir)
     _plots(rows, objective, space.keys(), out_dir)

@@ -10,9 +10,11 @@ from scipy import stats
 
 from mmsent.api import load_training_data, train
 from mmsent.config import Config
+from mmsent.engine.metrics import metric_row
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import write_manifest, write_table
-from mmsent.experiments.runs import config_with, metric_row
+from mmsent.files import atomic_write_text
+from mmsent.run_folder import RunOrigin, experiment_folder, write_manifest
+from mmsent.tables import write_table
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -45,34 +47,36 @@ def standard_error_note(accuracy: float, n: int) -> str:
 
 
 def run_seeds(
-    data_dir: Path, out_dir: Path, cfg: Config, seeds: list[int], command: str, vary_split: bool = False, quiet: bool = True
+    data_dir: Path, out_dir: Path, cfg: Config, seeds: list[int], command: str, vary_split: bool = False,
+    quiet: bool = True, overwrite: bool = False, preset: str | None = None,
 ) -> tuple[list[dict], str]:
     """Train once per seed into out_dir/seed-N; write results.csv/.md (+ note), seeds.png, experiment.json."""
-    out_dir = Path(out_dir)
-    dataset = load_training_data(Path(data_dir), cfg)
-    rows, n_val = [], 0
-    for seed in seeds:
-        values = {"train.seed": seed, **({"data.split_seed": seed} if vary_split else {})}
-        result = train(data_dir, out_dir / f"seed-{seed}", config_with(cfg, values), quiet=quiet, dataset=dataset)
-        m = result.metrics
-        n_val = m["n_val"]
-        rows.append({"seed": str(seed), **metric_row(m), "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
-    metrics = [k for k in metric_row({}) if all(r[k] is not None for r in rows)]
-    mean, std, half = {}, {}, {}
-    for k in metrics:
-        mean[k], std[k], half[k] = summarise([r[k] for r in rows])
-    summary = [
-        {"seed": "mean", **mean},
-        {"seed": "std", **std},
-        {"seed": "ci95_low", **{k: mean[k] - half[k] for k in metrics}},
-        {"seed": "ci95_high", **{k: mean[k] + half[k] for k in metrics}},
-    ]
-    note = standard_error_note(mean["accuracy"], n_val)
-    _, md = write_table(rows + summary, out_dir)
-    md.write_text(md.read_text(encoding="utf-8") + "\n" + note + "\n", encoding="utf-8")
-    from mmsent.reporting.experiment_plots import plot_seeds
+    with experiment_folder(Path(out_dir), "seeds", overwrite) as out_dir:
+        dataset = load_training_data(Path(data_dir), cfg)
+        rows, n_val = [], 0
+        for seed in seeds:
+            values = {"train.seed": seed, **({"data.split_seed": seed} if vary_split else {})}
+            result = train(data_dir, out_dir / f"seed-{seed}", cfg.with_values(values), quiet=quiet, dataset=dataset,
+                           overwrite=True, origin=RunOrigin(command, preset))
+            m = result.metrics
+            n_val = m["n_val"]
+            rows.append({"seed": str(seed), **metric_row(m), "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
+        metrics = [k for k in metric_row({}) if all(r[k] is not None for r in rows)]
+        mean, std, half = {}, {}, {}
+        for k in metrics:
+            mean[k], std[k], half[k] = summarise([r[k] for r in rows])
+        summary = [
+            {"seed": "mean", **mean},
+            {"seed": "std", **std},
+            {"seed": "ci95_low", **{k: mean[k] - half[k] for k in metrics}},
+            {"seed": "ci95_high", **{k: mean[k] + half[k] for k in metrics}},
+        ]
+        note = standard_error_note(mean["accuracy"], n_val)
+        _, md = write_table(rows + summary, out_dir)
+        atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + note + "\n")
+        from mmsent.reporting.experiment_plots import plot_seeds
 
-    plot_seeds(rows, mean, half, metrics, out_dir / "seeds.png")
-    write_manifest(out_dir, "seeds", command, seeds=seeds, vary_split=vary_split, n_val=n_val, note=note,
-                   mean=mean, std=std, ci95_half_width=half)
+        plot_seeds(rows, mean, half, metrics, out_dir / "seeds.png")
+        write_manifest(out_dir, "seeds", command, seeds=seeds, vary_split=vary_split, n_val=n_val, note=note,
+                       mean=mean, std=std, ci95_half_width=half)
     return rows + summary, note

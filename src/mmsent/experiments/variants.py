@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from mmsent.api import load_training_data, train
-from mmsent.config import Config
+from mmsent.config import Config, read_yaml_mapping
+from mmsent.engine.metrics import METRICS, metric_row
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import write_manifest, write_table
-from mmsent.experiments.runs import METRICS, config_with, metric_row, read_mapping
+from mmsent.run_folder import RunOrigin, experiment_folder, write_manifest
+from mmsent.tables import write_table
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def load_variants(path: Path) -> dict[str, dict[str, Any]]:
     """A variants file: variant name -> {config key: value} (an empty mapping is the base itself)."""
-    variants = read_mapping(path, "variants")
+    variants = read_yaml_mapping(path, "variants", allow_empty=False)
     for name, overrides in variants.items():
         if not NAME_RE.match(str(name)):
             raise MmsentError(f"variants file {path}: variant name {name!r} may use only letters, digits, _ . -")
@@ -27,31 +28,33 @@ def load_variants(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def run_variants(
-    data_dir: Path, out_dir: Path, cfg: Config, variants: dict[str, dict[str, Any]], command: str, quiet: bool = True
+    data_dir: Path, out_dir: Path, cfg: Config, variants: dict[str, dict[str, Any]], command: str, quiet: bool = True,
+    overwrite: bool = False, preset: str | None = None,
 ) -> list[dict]:
     """Train every variant into out_dir/variants/NAME; write results.csv/.md, variants.png, experiment.json."""
-    out_dir = Path(out_dir)
-    configs = {name: config_with(cfg, overrides) for name, overrides in variants.items()}  # fail before training
-    dataset = load_training_data(Path(data_dir), cfg)
-    rows = []
-    for name, variant_cfg in configs.items():
-        if not quiet:
-            print(f"variant {name}: {variants[name] or 'base config'}")
-        result = train(data_dir, out_dir / "variants" / name, variant_cfg, quiet=quiet, dataset=dataset)
-        m = result.metrics
-        rows.append({
-            "variant": name,
-            "overrides": ", ".join(f"{k}={v}" for k, v in variants[name].items()) or "(base)",
-            **metric_row(m),
-            "parameters": m["parameters"],
-            "best_epoch": m["best_epoch"],
-            "train_seconds": m["train_seconds"],
-            "encode_seconds": m["encode_seconds"],
-            "n_val": m["n_val"],
-        })
-    write_table(rows, out_dir)
-    from mmsent.reporting.experiment_plots import plot_metric_bars
+    configs = {name: cfg.with_values(overrides) for name, overrides in variants.items()}  # fail before training
+    with experiment_folder(Path(out_dir), "variants", overwrite) as out_dir:
+        dataset = load_training_data(Path(data_dir), cfg)
+        rows = []
+        for name, variant_cfg in configs.items():
+            if not quiet:
+                print(f"variant {name}: {variants[name] or 'base config'}")
+            result = train(data_dir, out_dir / "variants" / name, variant_cfg, quiet=quiet, dataset=dataset,
+                           overwrite=True, origin=RunOrigin(command, preset))
+            m = result.metrics
+            rows.append({
+                "variant": name,
+                "overrides": ", ".join(f"{k}={v}" for k, v in variants[name].items()) or "(base)",
+                **metric_row(m),
+                "parameters": m["parameters"],
+                "best_epoch": m["best_epoch"],
+                "train_seconds": m["train_seconds"],
+                "encode_seconds": m["encode_seconds"],
+                "n_val": m["n_val"],
+            })
+        write_table(rows, out_dir)
+        from mmsent.reporting.experiment_plots import plot_metric_bars
 
-    plot_metric_bars(rows, "variant", ["accuracy", "macro_f1"], out_dir / "variants.png", "Variants (validation)")
-    write_manifest(out_dir, "variants", command, variants=variants, metrics=METRICS)
+        plot_metric_bars(rows, "variant", ["accuracy", "macro_f1"], out_dir / "variants.png", "Variants (validation)")
+        write_manifest(out_dir, "variants", command, variants=variants, metrics=METRICS)
     return rows

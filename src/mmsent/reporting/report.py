@@ -15,12 +15,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from mmsent import LABELS, __version__
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import (
-    MANIFEST,
-    markdown_table,
-    read_manifest,
-    read_table,
-)
+from mmsent.files import atomic_write_text, check_output_file
+from mmsent.run_folder import METRICS_FILE, RunFolder, has_manifest, read_manifest
+from mmsent.tables import markdown_table, read_table
 
 # Fixed section order; kinds not listed here come after them, by name.
 KIND_ORDER = ["data", "compare", "search", "variants", "seeds", "robustness", "ablation", "badcases", "retrain", "train", "run"]
@@ -132,12 +129,9 @@ class Assets:
 # ---- finding folders ----
 
 
-def is_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "metrics.json").is_file()
-
-
 def is_experiment(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file() or is_run(folder)
+    """A run (complete or not: an incomplete one is refused with its reason when read) or an experiment folder."""
+    return has_manifest(folder) or RunFolder.looks_like_run(folder)
 
 
 def find_folders(roots: list[Path], depth: int = 2) -> list[Path]:
@@ -222,12 +216,12 @@ def per_class_table(metrics: dict) -> Table | None:
         return None
     columns = ["class", "precision", "recall", "f1", "support"]
     rows = [[lab] + [fmt(per_class[lab][c]) for c in columns[1:]] for lab in LABELS if lab in per_class]
-    return Table("Per-class scores on the validation split", columns, rows, len(rows), "metrics.json")
+    return Table("Per-class scores on the validation split", columns, rows, len(rows), METRICS_FILE)
 
 
-def chosen_config(folder: Path) -> str:
-    """The model and training sections of the run's config.yaml: the configuration that was chosen."""
-    cfg = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+def chosen_config(run: RunFolder) -> str:
+    """The model and training sections of the run's config: the configuration that was chosen."""
+    cfg = yaml.safe_load(run.config_text()) or {}
     keep = {k: cfg[k] for k in ("model", "train", "text", "image") if k in cfg}
     return yaml.safe_dump(keep or cfg, sort_keys=False).strip()
 
@@ -279,16 +273,17 @@ def folder_section(folder: Path, assets: Assets, index: int) -> Section:
         section.figures.append(assets.add_file(png.stem.replace("_", " "), png, prefix))
     if (folder / "bad_cases.csv").is_file():
         section.bad_cases = bad_cases(folder, assets)
-    if is_run(folder):
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    if RunFolder.looks_like_run(folder):
+        run = RunFolder.open(folder)  # an incomplete or damaged run stops the report with its reason
+        metrics = run.metrics()
         section.facts = run_facts(metrics) + section.facts
         table = per_class_table(metrics)
         if table:
             section.tables.append(table)
         for name, caption in RUN_FIGURES:
-            if (folder / "plots" / name).is_file():
-                section.figures.append(assets.add_file(caption, folder / "plots" / name, prefix))
-        section.config_yaml = chosen_config(folder)
+            if (plot := run.plot(name)) is not None:
+                section.figures.append(assets.add_file(caption, plot, prefix))
+        section.config_yaml = chosen_config(run)
     return section
 
 
@@ -355,8 +350,7 @@ def environment() -> Environment:
 
 def build_report(roots: list[Path], out: Path, data_report: Path | None = None) -> tuple[Path, Path, list[str]]:
     """Write out (HTML) and its Markdown twin beside it; return both paths and the section titles."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_output_file(Path(out), "the report")
     assets_dir = out.parent / f"{out.stem}_figures"
     if assets_dir.exists():
         shutil.rmtree(assets_dir)  # figures of an older report must not linger beside the new one
@@ -367,7 +361,7 @@ def build_report(roots: list[Path], out: Path, data_report: Path | None = None) 
     folders = find_folders([Path(r) for r in roots])
     if not folders and not sections:
         raise MmsentError(f"no run or experiment folder found in {', '.join(map(str, roots))} "
-                          "(a run folder holds config.yaml and metrics.json; an experiment folder experiment.json)")
+                          "(a run folder written by `mmsent train`, or an experiment folder)")
     sections += [folder_section(f, assets, i) for i, f in enumerate(folders, start=1)]
     sections.sort(key=order_key)
     context = {
@@ -377,7 +371,7 @@ def build_report(roots: list[Path], out: Path, data_report: Path | None = None) 
         "sources": [str(r) for r in roots] + ([str(data_report)] if data_report else []),
     }
     env = environment()
-    out.write_text(env.get_template("report.html.j2").render(**context), encoding="utf-8")
+    atomic_write_text(out, env.get_template("report.html.j2").render(**context))
     md_path = out.with_suffix(".md")
-    md_path.write_text(env.get_template("report.md.j2").render(**context), encoding="utf-8")
+    atomic_write_text(md_path, env.get_template("report.md.j2").render(**context))
     return out, md_path, [s.title for s in sections]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shlex
 import threading
 import uuid
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from mmsent import LABELS, __version__
 from mmsent.data.images import ImageReadError, open_image
 from mmsent.data.records import Record
 from mmsent.errors import MmsentError
-from mmsent.experiments.common import read_manifest
+from mmsent.run_folder import RunFolder
 
 STATIC_DIR = Path(str(files("mmsent.serve") / "static"))
 UPLOAD_PATH = Path("<upload>")  # uploads live in memory; this only names them in messages
@@ -89,7 +87,7 @@ class ModelInfo(BaseModel):
     head: str
     labels: list[str]
     mmsent_version: str
-    validation: ValidationMetrics | None = Field(None, description="metrics on the run's validation split (metrics.json)")
+    validation: ValidationMetrics | None = Field(None, description="metrics on the run's validation split, as training recorded them")
     limits: Limits
 
 
@@ -155,8 +153,12 @@ class Predictor:
         from mmsent.api import load_run
 
         self.run = load_run(run_dir)
+        folder = RunFolder.open(run_dir)
+        # read once: the model in memory is this run's, even if a newer run is published at run_dir later
+        self.validation = ValidationMetrics.model_validate(folder.metrics())
+        self.preset = folder.preset
         # a DataLoader worker process per request would cost more than the request itself
-        self.run.cfg.runtime.num_workers = 0
+        self.run.cfg = self.run.cfg.with_values({"runtime.num_workers": 0})
         self.settings = settings
         self.max_pixels = settings.max_image_pixels or self.run.cfg.data.max_image_pixels
         self.name = Path(run_dir).resolve().name
@@ -221,18 +223,14 @@ class Predictor:
 
     def info(self) -> ModelInfo:
         cfg = self.run.cfg
-        metrics_path = self.run.run_dir / "metrics.json"
-        validation = None
-        if metrics_path.is_file():
-            validation = ValidationMetrics.model_validate(json.loads(metrics_path.read_text(encoding="utf-8")))
         return ModelInfo(
             name=self.name,
-            preset=run_preset(self.run.run_dir),
+            preset=self.preset,
             encoders=list(cfg.model.encoders),
             head=cfg.model.head,
             labels=list(LABELS),
             mmsent_version=__version__,
-            validation=validation,
+            validation=self.validation,
             limits=Limits(
                 max_image_bytes=self.settings.max_image_bytes,
                 max_image_pixels=self.max_pixels,
@@ -249,20 +247,6 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
         field = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
         parts.append(f"{field}: {err.get('msg', 'invalid')}".replace("Field required", "is missing or empty"))
     return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
-
-
-def run_preset(run_dir: Path) -> str | None:
-    """The preset a run was trained from: its manifest's field, else `--preset` of its command."""
-    manifest = read_manifest(run_dir) or {}
-    if manifest.get("preset"):
-        return str(manifest["preset"])
-    args = shlex.split(manifest.get("command", ""))
-    for i, arg in enumerate(args):
-        if arg == "--preset" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--preset="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def require_multipart(request: Request) -> None:

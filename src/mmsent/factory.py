@@ -1,0 +1,96 @@
+"""One model factory: `create_model(cfg) -> (model, preprocessing)`, used to train, load, serve and experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmsent import LABELS
+from mmsent.config import Config
+from mmsent.data.records import Record
+from mmsent.encoders import Encoder, create_encoder
+from mmsent.encoders.features import has_tokens, token_dim
+from mmsent.encoders.registry import encoder_accepts
+from mmsent.heads.registry import head_is_token_level
+from mmsent.model import FusionClassifier, MultimodalModel
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Each encoder's own input pipeline (tokenizer; image size, mean, std), as its weights expect it."""
+
+    train: dict[str, Callable[[Record], Any]]  # record -> item, with the training augmentation
+    eval: dict[str, Callable[[Record], Any]]  # record -> item, deterministic
+    collate: dict[str, Callable[[list[Any]], Any]]  # items -> the encoder's batch
+
+
+def preprocessing_of(encoders: dict[str, Encoder], cfg: Config) -> Preprocessing:
+    return Preprocessing(
+        train={n: e.item_loader(cfg, train=True) for n, e in encoders.items()},
+        eval={n: e.item_loader(cfg, train=False) for n, e in encoders.items()},
+        collate={n: e.collate for n, e in encoders.items()},
+    )
+
+
+def create_encoders(cfg: Config, architecture_only: bool = False) -> dict[str, Encoder]:
+    """Every encoder of the config, by name, with its options; missing weights stop here, before any data work.
+
+    architecture_only builds encoders that take a `pretrained` option without their pretrained
+    weights (a fine-tuned run supplies them).
+    """
+    encoders = {}
+    for name in cfg.model.encoders:
+        options = dict(cfg.model.encoder_options.get(name, {}))
+        if architecture_only and encoder_accepts(name, "pretrained"):
+            options["pretrained"] = False
+        encoders[name] = create_encoder(name, **options)
+    return encoders
+
+
+def choose_token_encoders(cfg: Config, encoders: dict[str, Encoder]) -> list[str]:
+    """For a token-level head: the first encoder with token features in each modality; else none."""
+    if not head_is_token_level(cfg.model.head):
+        return []
+    chosen: dict[str, str] = {}
+    for name, encoder in encoders.items():
+        if has_tokens(encoder) and encoder.modality not in chosen:
+            chosen[encoder.modality] = name
+    return list(chosen.values())
+
+
+def create_classifier(cfg: Config, encoders: dict[str, Encoder], token_encoders: list[str]) -> FusionClassifier:
+    """The fusion classifier for these encoders, initialised reproducibly from train.seed."""
+    dims = {n: token_dim(e) if n in token_encoders else e.dim for n, e in encoders.items()}
+    modalities = {n: e.modality for n, e in encoders.items()}
+    m = cfg.model
+    head_kwargs = {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
+    with torch.random.fork_rng(devices=[]):  # the same seed gives the same head, whatever ran before
+        torch.manual_seed(cfg.train.seed)
+        return FusionClassifier(dims, modalities, m.head, head_kwargs, len(LABELS), token_encoders)
+
+
+def create_model(
+    cfg: Config,
+    *,
+    encoders: dict[str, Encoder] | None = None,
+    fit_records: list[Record] | None = None,
+    encoder_state: dict[str, dict] | None = None,
+    architecture_only: bool = False,
+) -> tuple[MultimodalModel, Preprocessing]:
+    """The model a config describes (encoders + fusion classifier) and its preprocessing.
+
+    Stateful encoders (TF-IDF) learn from `fit_records` (the training split only) or get their saved
+    `encoder_state` back before the classifier is sized from their dimensions. `encoders` passes
+    encoders created earlier (to fail on missing weights before loading data).
+    """
+    encoders = encoders if encoders is not None else create_encoders(cfg, architecture_only)
+    for name, state in (encoder_state or {}).items():
+        encoders[name].load_extra_state_dict(state)
+    if fit_records is not None:
+        for encoder in encoders.values():
+            encoder.fit(fit_records, cfg)
+    classifier = create_classifier(cfg, encoders, choose_token_encoders(cfg, encoders))
+    return MultimodalModel(encoders, classifier), preprocessing_of(encoders, cfg)
