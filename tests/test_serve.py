@@ -401,3 +401,82 @@ def test_a_text_only_run_still_checks_images(text_only_client: TestClient):
     assert_error(post(text_only_client, good[: len(good) // 3]), 400, "cannot be decoded")
     assert_error(post(text_only_client, png_bomb(2000, 1900), name="big.png"), 400, "over the limit of 8 MiB")
 
+
+# ---- the command line: limits, a port in use, quiet logging ----
+
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--max-image-mb", "-1", ": -1 is not a positive size"),
+        ("--max-image-mb", "0", ": 0 is not a positive size"),
+        ("--max-image-mb", "ten", "'ten' is not a number"),
+        ("--max-image-mb", "nan", "nan is not a positive size"),
+        ("--max-decode-mb", "inf", "inf is not a positive size"),
+        ("--port", "70000", "70000 is not a port number"),
+        ("--port", "-1", "-1 is not a port number"),
+    ],
+)
+def test_serve_refuses_nonsensical_limits(option: str, value: str, words: str, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--run", str(tmp_path), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and words in err and "Traceback" not in err
+
+
+def test_library_limits_are_checked_too(tiny_run: Path):
+    from mmsent.errors import MmsentError
+    from mmsent.serve.app import Settings, create_app
+
+    with pytest.raises(MmsentError, match="max_image_mb is -1; it must be a positive number of MB"):
+        create_app(tiny_run, max_image_mb=-1)
+    with pytest.raises(MmsentError, match="max_batch is 0"):
+        Settings(max_batch=0)
+    with pytest.raises(MmsentError, match="max_decode_bytes is 1.5"):
+        Settings(max_decode_bytes=1.5)
+
+
+def test_serve_on_a_port_in_use_is_one_clear_error(tiny_run: Path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(tiny_run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out
+    assert err.splitlines() == [f"mmsent: error: port {port} on 127.0.0.1 is in use "
+                                "(another service, or mmsent serve already running); pass --port with a free port"]
+
+
+def test_serve_prints_the_bound_port_and_quiet_logs_warnings_only(tiny_run: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "mmsent.cli", "serve", "--run", str(tiny_run), "--port", "0",
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the port is bound and the model loaded
+        assert line.startswith(f"serving {tiny_run.name} on http://127.0.0.1:"), line + log.read_text()
+        url = line.split(" on ")[1].split()[0].rstrip("/")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "INFO" not in log.read_text()  # neither uvicorn's start-up lines nor the request log

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shlex
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -522,12 +524,55 @@ async def _in_thread(fn, *args):
     return await run_in_threadpool(fn, *args)
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_image_mb: float = 10) -> None:
-    """Load the run and serve it with uvicorn until interrupted."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, so that a port in use is a clear error before anything is served."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise MmsentError(f"cannot listen on host {host!r}: {exc.strerror}; pass --host with an address of this machine") from None
+    sock = socket.socket(family, kind, proto)
+    # as uvicorn does: a restarted service may rebind a port whose old connections linger in TIME_WAIT
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise MmsentError(bind_error(host, port, exc)) from None
+    return sock
+
+
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """What went wrong binding host:port, and what to pass instead."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use (another service, or mmsent serve already running); pass --port with a free port"
+    if exc.errno == errno.EACCES:
+        return f"port {port} on {host} needs privileges this user lacks (ports below 1024 do); pass --port 1024 or above"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"host {host} is not an address of this machine; pass --host 127.0.0.1 or one of its addresses"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def serve(
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_image_mb: float = 10,
+    max_decode_mb: float = DEFAULT_MAX_DECODE_BYTES / MIB,
+    quiet: bool = False,
+) -> None:
+    """Bind host:port, load the run and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(run_dir, max_image_mb=max_image_mb)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
-    print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (OpenAPI description at /openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    sock = bind_socket(host, port)  # first: a port in use is refused before the model is loaded
+    try:
+        app = create_app(run_dir, max_image_mb=max_image_mb, max_decode_mb=max_decode_mb)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
+        port = sock.getsockname()[1]  # the port the OS chose for --port 0
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"serving {app.state.predictor.name} on http://{url_host}:{port}/ (OpenAPI description at /openapi.json)",
+              flush=True)
+        config = uvicorn.Config(app, log_level="warning" if quiet else "info")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
