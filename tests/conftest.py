@@ -83,7 +83,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("shared")
     data = make_dataset(root / "ds", per_class=14)
     run = root / "run"
-    args = ["train", "--data", str(data), "--out", str(run), "--quiet",
+    args = ["train", "--data", str(data), "--out", str(run), "--quiet", "--preset", "default",
             "--set", "train.epochs=15", "--set", "data.val_fraction=0.25",
             "--set", f"runtime.cache_dir={root / 'cache'}"]
     assert main(args) == 0

@@ -27,6 +27,18 @@ def test_train_writes_a_complete_run(trained_run):
     assert set(load_file(str(run / "model.safetensors")))  # plain safetensors
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"])
+    # the library writes the manifest, with the preset and the command
+    manifest = json.loads((run / "experiment.json").read_text())
+    assert manifest["kind"] == "train" and manifest["preset"] == "default" and "--preset default" in manifest["command"]
+
+
+def test_a_data_set_too_small_to_split_is_a_message(tmp_path: Path, capsys):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "tiny", per_class=2)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot split 6 labelled posts" in err and "Traceback" not in err
 
 
 def test_predict_writes_every_guid_once_in_order(trained_run, tmp_path: Path):

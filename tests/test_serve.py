@@ -32,8 +32,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(tiny_run: Path) -> TestClient:
     from mmsent.serve.app import create_app
 
-    # a 1 MB image limit and a 4 Mpx pixel limit keep the bad-input fixtures small
-    app = create_app(tiny_run, max_image_mb=1, max_text_chars=200, max_batch=4, max_image_pixels=4_000_000)
+    # a 1 MB image limit, a 4 Mpx pixel limit and an 8 MB decode limit keep the bad-input fixtures small
+    app = create_app(tiny_run, max_image_mb=1, max_text_chars=200, max_batch=4, max_image_pixels=4_000_000,
+                     max_decode_mb=8)
     return TestClient(app)
 
 
@@ -44,7 +45,7 @@ def jpeg(tag: str = "positive", seed: int = 1, size: tuple[int, int] = (64, 48))
 
 
 def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (400 Mpx): a decompression bomb."""
+    """A tiny greyscale PNG whose header claims width x height pixels (400 Mpx): a decompression bomb."""
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
@@ -112,12 +113,9 @@ def test_health_model_and_openapi(client: TestClient, tiny_run: Path, tmp_path: 
     info = client.get("/model").json()
     assert info["encoders"] == ["vader", "efficientnet_lite0"] and info["head"] == "concat"
     assert info["labels"] == list(LABELS) and info["preset"] is None
-    from mmsent.serve.app import run_preset
-
-    (tmp_path / "experiment.json").write_text('{"kind": "train", "command": "mmsent train --preset tfidf_resnet18 --out r"}')
-    assert run_preset(tmp_path) == "tfidf_resnet18"
     assert 0 <= info["validation"]["macro_f1"] <= 1 and info["validation"]["n"] > 0
     assert info["limits"]["max_image_bytes"] == 1024 * 1024
+    assert info["limits"]["max_decode_bytes"] == 8 * 1024 * 1024
     spec = client.get("/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
     assert {"200", "400", "413", "415", "422"} <= set(predict["responses"])
@@ -143,6 +141,7 @@ def test_web_page_and_its_files_are_served(client: TestClient):
         ("truncated image", 400, ["cannot be decoded"]),
         ("too large", 413, ["over the limit"]),
         ("decompression bomb", 400, ["decompression bomb"]),
+        ("costly to decode", 400, ["2000x1900 pixels (L)", "decoding it takes 18 MiB", "over the limit of 8 MiB"]),
         ("no text", 422, ["text: is missing or empty"]),
         ("empty text", 422, ["text: is missing or empty"]),
         ("blank text", 400, ["empty"]),
@@ -159,6 +158,8 @@ def test_bad_input_is_a_4xx_json_error(client: TestClient, case: str, status: in
         "truncated image": lambda: post(client, good[: len(good) // 3]),
         "too large": lambda: post(client, good + b"\0" * (1024 * 1024), name="big.jpg"),
         "decompression bomb": lambda: post(client, png_bomb(), name="bomb.png", kind="image/png"),
+        # 3.8 Mpx is under the pixel limit, but greyscale decoded then converted to RGB takes 5 bytes a pixel
+        "costly to decode": lambda: post(client, png_bomb(2000, 1900), name="big.png", kind="image/png"),
         "no text": lambda: post(client, good, None),
         "empty text": lambda: post(client, good, ""),
         "blank text": lambda: post(client, good, "   \n  "),
@@ -273,3 +274,205 @@ def test_web_page_in_chromium(live_service: str, tmp_path: Path):
         assert float(width.rstrip("%")) == pytest.approx(float(value.rstrip("%")))  # bar length = probability
     assert thumb_width == 128  # the thumbnail shows the chosen image
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+# ---- bounded memory: decode cost, decoding once, uploads in memory ----
+
+
+@pytest.mark.parametrize(
+    "mode, transparency, per_pixel",
+    [("RGB", False, 4), ("L", False, 5), ("P", False, 5), ("P", True, 9), ("RGBA", False, 8), ("LA", False, 12),
+     ("I;16", False, 6), ("1", False, 5)],
+)
+def test_decode_cost_counts_the_decoded_image_and_its_rgb_copy(mode: str, transparency: bool, per_pixel: int):
+    from PIL import Image
+
+    from mmsent.data.images import decode_cost
+
+    img = Image.new(mode, (30, 20))
+    if transparency:
+        img.info["transparency"] = 0
+    assert decode_cost(img) == 30 * 20 * per_pixel  # Pillow pads RGB pixels to 4 bytes
+
+
+def test_open_image_refuses_a_costly_image_before_decoding_it(monkeypatch: pytest.MonkeyPatch):
+    from PIL import Image
+
+    from mmsent.data.images import DEFAULT_MAX_DECODE_BYTES, ImageReadError, check_image_header, open_image
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(Image, "_getdecoder", no_decoding)
+    small_file = png_bomb(9400, 9400)  # the issue's 10 KB PNG that took 430 MB to decode
+    for check in (open_image, check_image_header):
+        with pytest.raises(ImageReadError, match=r"9400x9400 pixels \(L\): decoding it takes 421 MiB, over the limit of 64 MiB"):
+            check(small_file, max_decode_bytes=DEFAULT_MAX_DECODE_BYTES)
+    # a 12-megapixel RGB photo fits the default limit
+    assert check_image_header(jpeg(size=(4000, 3000)), max_decode_bytes=DEFAULT_MAX_DECODE_BYTES) == (4000, 3000)
+
+
+def test_a_large_jpeg_counts_its_reduced_size_decode(client: TestClient):
+    # 2400 x 1600 RGB is 15 MB at full size, over the 8 MB limit; the encoder decodes it at a quarter of that
+    response = post(client, jpeg("positive", 2, size=(2400, 1600)), "so happy")
+    assert response.status_code == 200, response.text
+
+
+def test_each_upload_is_decoded_once(client: TestClient, monkeypatch: pytest.MonkeyPatch):
+    from PIL import Image
+
+    decoders = []
+    real = Image._getdecoder
+    monkeypatch.setattr(Image, "_getdecoder", lambda *args, **kwargs: decoders.append(args[1]) or real(*args, **kwargs))
+    buf = io.BytesIO()
+    draw_image("neutral", 3, (300, 200)).save(buf, format="PNG")
+    assert post(client, buf.getvalue(), "bus schedule", name="a.png", kind="image/png").status_code == 200
+    assert decoders == ["zip"]  # one PNG decode: the encoder's; the service only read the header
+
+
+@pytest.fixture(scope="module")
+def roomy_client(tiny_run: Path) -> TestClient:
+    """The service with a 3 MB image limit: room for uploads over Starlette's 1 MB spooling threshold."""
+    from mmsent.serve.app import create_app
+
+    return TestClient(create_app(tiny_run, max_image_mb=3))
+
+
+def test_uploads_up_to_the_limit_stay_in_memory(roomy_client: TestClient, monkeypatch: pytest.MonkeyPatch):
+    import tempfile
+
+    rolled = []
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", lambda self: rolled.append(self))
+    image = jpeg("positive", 5) + b"\0" * (2 * 1024 * 1024)  # a 2 MB upload (JPEG readers stop at its end)
+    assert post(roomy_client, image, "so happy").status_code == 200
+    files = [("images", (f"{i}.jpg", image, "image/jpeg")) for i in range(2)]
+    assert roomy_client.post("/predict/batch", files=files, data={"texts": ["a", "b"]}).status_code == 200
+    assert rolled == []  # no upload went to a temporary file on disk
+    # one byte over the limit is refused while it is received, never spooled
+    too_big = jpeg() + b"\0" * (3 * 1024 * 1024)
+    assert_error(post(roomy_client, too_big, name="big.jpg"), 413, "image 'big.jpg'", "over the limit of 3,145,728 bytes")
+    assert rolled == []
+
+
+# ---- text encoding ----
+
+
+def test_invalid_utf8_text_is_a_400(client: TestClient):
+    assert_error(post(client, jpeg(), b"\xff\xfe bad"), 400, "text: is not valid UTF-8", "0xff at position 0")
+    one = ("images", ("a.jpg", jpeg(), "image/jpeg"))
+    response = client.post("/predict/batch", files=[one, one], data={"texts": ["fine", b"caf\xe9"]})
+    assert_error(response, 400, "texts: is not valid UTF-8", "0xe9 at position 3")
+
+
+def test_utf8_text_with_emoji_and_cjk_is_read_as_sent(client: TestClient, tiny_run: Path):
+    from mmsent.api import load_run
+    from mmsent.data.records import Record
+
+    image, text = jpeg("positive", 9), "so happy 😊 今天很开心 #goodday"
+    response = client.post("/predict", files={"image": ("a.jpg", image, "image/jpeg")}, data={"text": text.encode()})
+    assert response.status_code == 200, response.text
+    expected = load_run(tiny_run).predict_proba([Record("x", None, text, Path("<upload>"), image_bytes=image)],
+                                                quiet=True, use_cache=False)[0]
+    assert [response.json()["probabilities"][lab] for lab in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+# ---- a run without an image encoder: the service decodes the image itself ----
+
+
+@pytest.fixture(scope="module")
+def text_only_client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    from mmsent.serve.app import create_app
+
+    root = tmp_path_factory.mktemp("serve-text")
+    data = make_dataset(root / "ds", per_class=8, n_test=3)
+    run = root / "vader"
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet", "--set", "model.encoders=[vader]",
+                 "--set", "train.epochs=2", "--set", f"runtime.cache_dir={root / 'cache'}"]) == 0
+    return TestClient(create_app(run, max_decode_mb=8))
+
+
+def test_a_text_only_run_still_checks_images(text_only_client: TestClient):
+    good = jpeg()
+    assert post(text_only_client, good, "so happy").status_code == 200
+    assert_error(post(text_only_client, good[: len(good) // 3]), 400, "cannot be decoded")
+    assert_error(post(text_only_client, png_bomb(2000, 1900), name="big.png"), 400, "over the limit of 8 MiB")
+
+
+# ---- the command line: limits, a port in use, quiet logging ----
+
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--max-image-mb", "-1", ": -1 is not a positive size"),
+        ("--max-image-mb", "0", ": 0 is not a positive size"),
+        ("--max-image-mb", "ten", "'ten' is not a number"),
+        ("--max-image-mb", "nan", "nan is not a positive size"),
+        ("--max-decode-mb", "inf", "inf is not a positive size"),
+        ("--port", "70000", "70000 is not a port number"),
+        ("--port", "-1", "-1 is not a port number"),
+    ],
+)
+def test_serve_refuses_nonsensical_limits(option: str, value: str, words: str, tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--run", str(tmp_path), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and words in err and "Traceback" not in err
+
+
+def test_library_limits_are_checked_too(tiny_run: Path):
+    from mmsent.errors import MmsentError
+    from mmsent.serve.app import Settings, create_app
+
+    with pytest.raises(MmsentError, match="max_image_mb is -1; it must be a positive number of MB"):
+        create_app(tiny_run, max_image_mb=-1)
+    with pytest.raises(MmsentError, match="max_batch is 0"):
+        Settings(max_batch=0)
+    with pytest.raises(MmsentError, match="max_decode_bytes is 1.5"):
+        Settings(max_decode_bytes=1.5)
+
+
+def test_serve_on_a_port_in_use_is_one_clear_error(tiny_run: Path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(tiny_run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert "serving" not in out
+    assert err.splitlines() == [f"mmsent: error: port {port} on 127.0.0.1 is in use "
+                                "(another service, or mmsent serve already running); pass --port with a free port"]
+
+
+def test_serve_prints_the_bound_port_and_quiet_logs_warnings_only(tiny_run: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    log = tmp_path / "stderr.txt"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "mmsent.cli", "serve", "--run", str(tiny_run), "--port", "0",
+                                 "--quiet"], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the port is bound and the model loaded
+        assert line.startswith(f"serving {tiny_run.name} on http://127.0.0.1:"), line + log.read_text()
+        url = line.split(" on ")[1].split()[0].rstrip("/")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert "INFO" not in log.read_text()  # neither uvicorn's start-up lines nor the request log

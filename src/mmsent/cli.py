@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -35,6 +36,28 @@ def command_line(argv: list[str] | None = None) -> str:
     """The command that produced a run or experiment, as a user would type it."""
     args = sys.argv[1:] if argv is None else argv
     return "mmsent " + " ".join(shlex.quote(a) for a in args)
+
+
+def _positive_mb(text: str) -> float:
+    """An argparse type: a positive, finite number of megabytes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a size in MB such as 10") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive size; give a size in MB such as 10")
+    return value
+
+
+def _port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0 lets the system choose a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give one such as 8000") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535); give one such as 8000")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a trained run over HTTP: JSON API and a web page")
     p.add_argument("--run", type=Path, required=True, help="trained run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-image-mb", type=float, default=10.0, help="largest accepted image upload, in MB")
+    p.add_argument("--port", type=_port_number, default=8000, help="port to listen on (default: 8000; 0: any free port)")
+    p.add_argument("--max-image-mb", type=_positive_mb, default=10.0, help="largest accepted image upload, in MB")
+    p.add_argument("--max-decode-mb", type=_positive_mb, default=64.0,
+                   help="memory one image may take to decode, in MB (default: 64, a 12-megapixel photo fits); "
+                        "larger images are refused before decoding")
+    p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
 
     p = sub.add_parser("report", help="build an HTML report (and a Markdown twin) from run and experiment folders")
     p.add_argument("--runs", type=Path, nargs="+", required=True, help="run / experiment folders, or folders holding them")
@@ -300,7 +327,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmsent.serve.app import serve
 
-    serve(args.run, args.host, args.port, args.max_image_mb)
+    serve(args.run, args.host, args.port, args.max_image_mb, args.max_decode_mb, quiet=args.quiet)
     return 0
 
 

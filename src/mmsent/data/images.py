@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,11 @@ from mmsent.config import ImageConfig
 
 # Header-only check before decoding; PIL's own bomb limit is relaxed so ours is the one that speaks.
 Image.MAX_IMAGE_PIXELS = None
+
+
+# What one image decode may hold by default where a limit is asked for (the service): 64 MiB admits a
+# 12-megapixel RGB photo (48 MB in Pillow) and keeps a few concurrent decodes within a small server's memory.
+DEFAULT_MAX_DECODE_BYTES = 64 * 1024 * 1024
 
 
 class ImageReadError(ValueError):
@@ -33,42 +40,117 @@ class ImagePreprocessing:
         return f"size={self.size},resize={self.resize},mean={self.mean},std={self.std},interp={self.interpolation}"
 
 
+def _needs_alpha(img: Image.Image) -> bool:
+    """Whether converting img to RGB goes through RGBA (its transparent areas become white)."""
+    return img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        # transparent areas become white, as a viewer shows them
-        rgba = img.convert("RGBA")
+    if _needs_alpha(img):
+        # transparent areas become white, as a viewer shows them; an RGBA image is its own mask, so no
+        # copy of it or of its alpha band is made (decode_cost counts on that)
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
+        background.paste(rgba, mask=rgba)
         return background
     return img.convert("RGB")
 
 
-def open_image(source: Path | bytes, max_pixels: int = 89_478_485, draft_size: int | None = None) -> Image.Image:
-    """Open an image (any mode or format PIL reads) as RGB; raise ImageReadError if unusable."""
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+def pixel_bytes(mode: str) -> int:
+    """Bytes Pillow stores per pixel of mode: 1 for L, P and 1; 2 for I;16; 4 for I and F and for every
+    multi-band mode (RGB included: Pillow pads its pixels to 32 bits)."""
+    if mode.startswith("I;16"):
+        return 2
+    if mode in ("1", "L", "P"):
+        return 1
+    return 4
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Bytes that decoding img (as opened, after any draft) and converting it to RGB hold at once.
+
+    Read from the header, before decoding: the decoded image, the RGBA step of a transparent image,
+    and the RGB result. A 9400 x 9400 greyscale PNG costs 5 bytes a pixel (the L image, then its
+    RGB copy): 442 MB, however small its file.
+    """
+    width, height = img.size
+    per_pixel = pixel_bytes(img.mode)
+    if img.mode != "RGB":
+        per_pixel += pixel_bytes("RGB")  # the RGB result
+        if _needs_alpha(img) and img.mode != "RGBA":
+            per_pixel += pixel_bytes("RGBA")  # the RGBA step that paints transparency white
+    return width * height * per_pixel
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+
+@contextmanager
+def _read_errors() -> Iterator[None]:
+    """Every way reading an image can fail becomes an ImageReadError with a readable reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(stream)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageReadError(
-                    f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                    "(a decompression bomb or an oversized image)"
-                )
-            if draft_size and img.format == "JPEG":
-                # JPEG DCT scaling: decode at >= draft_size, much faster than full size then resize
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            return _to_rgb(img)
+            yield
     except ImageReadError:
         raise
     except FileNotFoundError:
         raise ImageReadError("image file is missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"image cannot be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def _open_checked(
+    source: Path | bytes, max_pixels: int, draft_size: int | None, max_decode_bytes: int | None
+) -> Image.Image:
+    """Open source and check its header (pixels, then decode cost); nothing is decoded yet."""
+    img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    try:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+                "(a decompression bomb or an oversized image)"
+            )
+        if draft_size and img.format == "JPEG":
+            # JPEG DCT scaling: decode at >= draft_size, much faster (and smaller) than full size then resize
+            img.draft("RGB", (draft_size, draft_size))
+        if max_decode_bytes is not None and (cost := decode_cost(img)) > max_decode_bytes:
+            raise ImageReadError(
+                f"image is {width}x{height} pixels ({img.mode}): decoding it takes {_mib(cost)}, over the "
+                f"limit of {_mib(max_decode_bytes)}; send a smaller image"
+            )
+    except BaseException:
+        img.close()  # a refused file is not left open
+        raise
+    return img
+
+
+def check_image_header(
+    source: Path | bytes, max_pixels: int = 89_478_485, draft_size: int | None = None,
+    max_decode_bytes: int | None = None,
+) -> tuple[int, int]:
+    """The checks of open_image that need only the header (format, pixels, decode cost); returns (width, height)."""
+    with _read_errors(), _open_checked(source, max_pixels, draft_size, max_decode_bytes) as img:
+        return img.size
+
+
+def open_image(
+    source: Path | bytes, max_pixels: int = 89_478_485, draft_size: int | None = None,
+    max_decode_bytes: int | None = None,
+) -> Image.Image:
+    """Open an image (any mode or format PIL reads) as RGB; raise ImageReadError if unusable.
+
+    max_pixels refuses decompression bombs; max_decode_bytes (None: no limit) refuses images whose
+    decoding would hold more memory than that (see decode_cost), both before anything is decoded.
+    """
+    with _read_errors():
+        img = _open_checked(source, max_pixels, draft_size, max_decode_bytes)
+        img.load()
+        return _to_rgb(img)
 
 
 def verify_image(path: Path, max_pixels: int) -> tuple[int, int]:

@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import errno
+import math
+import socket
 import threading
 import uuid
+from collections.abc import Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import parse_options_header
 
 from mmsent import LABELS, __version__
-from mmsent.data.images import ImageReadError, open_image
+from mmsent.data.images import DEFAULT_MAX_DECODE_BYTES, ImageReadError, check_image_header, open_image
 from mmsent.data.records import Record
-from mmsent.errors import MmsentError
+from mmsent.errors import DataError, MmsentError
 from mmsent.run_folder import RunFolder
 
 STATIC_DIR = Path(str(files("mmsent.serve") / "static"))
 UPLOAD_PATH = Path("<upload>")  # uploads live in memory; this only names them in messages
 IMAGE_PART_TYPES = ("image/", "application/octet-stream")
 MULTIPART_MARGIN = 1 << 20  # room for the text fields and multipart boundaries, in bytes
+CHECK_DRAFT_PX = 256  # JPEG draft size of the service's own check decode (runs without an image encoder)
+MIB = 1024 * 1024
+DECODE_SLOTS = 2  # concurrent image decodes in the service: the cores of a small server
 
 
 # ---- response models (they are the OpenAPI description) ----
@@ -76,6 +88,10 @@ class ValidationMetrics(BaseModel):
 class Limits(BaseModel):
     max_image_bytes: int
     max_image_pixels: int
+    max_decode_bytes: int = Field(
+        description="memory one image may need to be decoded and converted to RGB (width x height x bytes per "
+        "pixel, from its header; JPEGs count their reduced-size decode); larger images are refused with a 400"
+    )
     max_text_chars: int
     max_batch: int
 
@@ -104,10 +120,23 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Settings:
+    """The service's limits; each must be a positive number."""
+
     max_image_bytes: int = 10 * 1024 * 1024
     max_text_chars: int = 2000
     max_batch: int = 32
     max_image_pixels: int | None = None  # None: the run's data.max_image_pixels
+    # a few decodes of this size at once fit a 2-core server with a few GB (see images.DEFAULT_MAX_DECODE_BYTES)
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
+    decode_slots: int = DECODE_SLOTS
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_text_chars", "max_batch", "max_image_pixels", "max_decode_bytes", "decode_slots"):
+            value = getattr(self, name)
+            if value is None and name == "max_image_pixels":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MmsentError(f"service limit {name} is {value!r}; it must be a whole number of at least 1")
 
     def body_limit(self, path: str) -> int | None:
         """Largest request body accepted on path, checked before it is read (None: no body expected)."""
@@ -146,6 +175,89 @@ class BodySizeLimit:
         return await self.app(scope, counting_receive, send)
 
 
+class UploadTooLarge(MultiPartException):
+    """A file part over the image size limit, refused while it is being received."""
+
+
+class InMemoryMultiPartParser(MultiPartParser):
+    """Starlette's multipart parser, but file parts stay in memory up to max_file_bytes (a larger one is
+    refused, never spooled to disk) and text fields must be valid in the declared charset (UTF-8 by default)
+    instead of being read as Latin-1."""
+
+    def __init__(self, *args: Any, max_file_bytes: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # an instance attribute: Starlette's class-wide 1 MB stays as it is for everyone else
+        self.spool_max_size = max_file_bytes
+        self._file_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._file_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._current_part
+        if part.file is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self.spool_max_size:
+                raise UploadTooLarge(
+                    f"image {part.file.filename or 'image'!r}: over the limit of {self.spool_max_size:,} bytes; "
+                    "send a smaller image"
+                )
+        super().on_part_data(data, start, end)
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode(self._charset)
+            except UnicodeDecodeError as exc:
+                raise MultiPartException(
+                    f"{part.field_name}: is not valid {self._charset.upper().replace('_', '-')} (byte "
+                    f"0x{part.data[exc.start]:02x} at position {exc.start}); send the text encoded as UTF-8"
+                ) from None
+        super().on_part_end()
+
+
+class InMemoryFormRequest(Request):
+    """A request whose multipart form is parsed by InMemoryMultiPartParser; other bodies as Starlette does."""
+
+    def __init__(self, scope, receive, max_file_bytes: int):
+        super().__init__(scope, receive)
+        self.max_file_bytes = max_file_bytes
+
+    async def _get_form(
+        self, *, max_files: int | float = 1000, max_fields: int | float = 1000, max_part_size: int = 1024 * 1024
+    ) -> FormData:
+        content_type, _ = parse_options_header(self.headers.get("content-type"))
+        if self._form is None and content_type == b"multipart/form-data":
+            try:
+                async with aclosing(self.stream()) as stream:
+                    parser = InMemoryMultiPartParser(
+                        self.headers, stream, max_file_bytes=self.max_file_bytes,
+                        max_files=max_files, max_fields=max_fields, max_part_size=max_part_size,
+                    )
+                    self._form = await parser.parse()
+            except UploadTooLarge as exc:
+                raise HTTPException(413, exc.message) from None
+            except MultiPartException as exc:
+                raise HTTPException(400, exc.message) from None
+        return await super()._get_form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
+
+
+class InMemoryUploadRoute(APIRoute):
+    """A route whose form is read by InMemoryFormRequest: uploads never touch the disk (FastAPI's custom
+    request class pattern), with the image limit of the app's settings."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def in_memory_handler(request: Request) -> Response:
+            settings: Settings = request.app.state.settings
+            return await handler(InMemoryFormRequest(request.scope, request.receive, settings.max_image_bytes))
+
+        return in_memory_handler
+
+
 class Predictor:
     """One loaded run; a lock serialises model calls (the CPU is shared, torch already uses its threads)."""
 
@@ -163,9 +275,11 @@ class Predictor:
         self.max_pixels = settings.max_image_pixels or self.run.cfg.data.max_image_pixels
         self.name = Path(run_dir).resolve().name
         self._lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(settings.decode_slots)
+        self.encoder_draft = encoder_draft_size(self.run.encoders.values())
 
     def check_image(self, data: bytes, filename: str) -> None:
-        """Raise a 4xx for an empty, oversized, undecodable or bomb image."""
+        """Raise a 4xx for an empty, oversized or unreadable image, or one too costly to decode."""
         if not data:
             raise HTTPException(400, f"image {filename!r}: the upload is empty")
         if len(data) > self.settings.max_image_bytes:
@@ -173,13 +287,16 @@ class Predictor:
                 413, f"image {filename!r}: {len(data):,} bytes, over the limit of {self.settings.max_image_bytes:,}"
             )
         try:
-            # draft decoding keeps this cheap for JPEG; errors (truncation, bombs) surface all the same
-            open_image(data, max_pixels=self.max_pixels, draft_size=256)
+            if self.encoder_draft is not None:
+                # the encoders decode the image (once, under the model lock); here only its header is read:
+                # format, pixels, and the memory the encoders' decode will take (at their JPEG draft size)
+                check_image_header(data, self.max_pixels, self.encoder_draft, self.settings.max_decode_bytes)
+            else:
+                # no encoder will decode it: decode it here (JPEG at draft size), a few at a time
+                with self._decode_slots:
+                    open_image(data, self.max_pixels, CHECK_DRAFT_PX, self.settings.max_decode_bytes)
         except ImageReadError as exc:
-            reason = str(exc)
-            if "cannot identify image file" in reason:  # PIL's words name an in-memory buffer, not the upload
-                reason = "not an image format that can be read (JPEG, PNG, GIF, WebP, BMP, ...)"
-            raise HTTPException(400, f"image {filename!r}: {reason}") from None
+            raise HTTPException(400, f"image {filename!r}: {readable_reason(str(exc))}") from None
 
     def check_text(self, text: str) -> str:
         text = text.strip()
@@ -201,15 +318,18 @@ class Predictor:
             try:
                 texts.append(self.check_post(*post))
             except HTTPException as exc:
-                raise HTTPException(exc.status_code, f"post {i}: {exc.detail}" if len(posts) > 1 else exc.detail) from None
+                raise HTTPException(exc.status_code, post_error(i, len(posts), exc.detail)) from None
         records = [
             Record(f"upload-{uuid.uuid4().hex[:8]}", None, text, UPLOAD_PATH, image_bytes=data)
             for (data, _, _), text in zip(posts, texts, strict=True)
         ]
         try:
             with self._lock:
-                # uploads are one-off inputs: keep their features off the on-disk cache
+                # uploads are one-off inputs: keep their features off the on-disk cache; the lock also makes
+                # the encoders' image decoding one at a time
                 probs = self.run.predict_proba(records, quiet=True, use_cache=False)  # (N, C)
+        except DataError as exc:  # an image that passed its header check but cannot be decoded
+            raise HTTPException(400, self.describe_problems(exc, records, posts)) from None
         except MmsentError as exc:
             raise HTTPException(400, str(exc)) from None
         return [
@@ -220,6 +340,18 @@ class Predictor:
             )
             for p in probs
         ]
+
+    @staticmethod
+    def describe_problems(exc: DataError, records: list[Record], posts: list[tuple[bytes, str, str]]) -> str:
+        """The encoders' image problems in the words of check_image: by post and file name, not by guid."""
+        index = {record.guid: i for i, record in enumerate(records)}
+        lines = []
+        for problem in exc.problems:
+            i = index.get(problem.guid or "")
+            if i is None:
+                return str(exc)
+            lines.append(post_error(i, len(posts), f"image {posts[i][1]!r}: {readable_reason(problem.reason)}"))
+        return "; ".join(lines) or str(exc)
 
     def info(self) -> ModelInfo:
         cfg = self.run.cfg
@@ -234,10 +366,31 @@ class Predictor:
             limits=Limits(
                 max_image_bytes=self.settings.max_image_bytes,
                 max_image_pixels=self.max_pixels,
+                max_decode_bytes=self.settings.max_decode_bytes,
                 max_text_chars=self.settings.max_text_chars,
                 max_batch=self.settings.max_batch,
             ),
         )
+
+
+def encoder_draft_size(encoders) -> int | None:
+    """The largest JPEG draft size the run's image encoders decode at (their resize); None if none decodes images."""
+    from mmsent.encoders.base import ImageEncoder
+
+    sizes = [encoder.preprocessing.resize for encoder in encoders if isinstance(encoder, ImageEncoder)]
+    return max(sizes) if sizes else None
+
+
+def readable_reason(reason: str) -> str:
+    """PIL's 'cannot identify image file <_io.BytesIO ...>' names an in-memory buffer, not the upload."""
+    if "cannot identify image file" in reason:
+        return "not an image format that can be read (JPEG, PNG, GIF, WebP, BMP, ...)"
+    return reason
+
+
+def post_error(i: int, n_posts: int, detail: str) -> str:
+    """A post's error, with its index when the request held several."""
+    return f"post {i}: {detail}" if n_posts > 1 else detail
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -265,15 +418,26 @@ async def read_image(upload: UploadFile, limit: int) -> tuple[bytes, str]:
     return await upload.read(limit + 1), name
 
 
+def mb_to_bytes(name: str, mb: float) -> int:
+    """A limit given in MB (MiB) as bytes; a limit that is not a positive number is refused."""
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb * MIB < 1:
+        raise MmsentError(f"service limit {name} is {mb!r}; it must be a positive number of MB (one byte at least)")
+    return int(mb * MIB)
+
+
 def create_app(
     run_dir: Path,
     max_image_mb: float = 10,
     max_text_chars: int = 2000,
     max_batch: int = 32,
     max_image_pixels: int | None = None,
+    max_decode_mb: float = DEFAULT_MAX_DECODE_BYTES / MIB,
 ) -> FastAPI:
     """The service for one trained run folder; the model is loaded here, once."""
-    settings = Settings(int(max_image_mb * 1024 * 1024), max_text_chars, max_batch, max_image_pixels)
+    settings = Settings(
+        mb_to_bytes("max_image_mb", max_image_mb), max_text_chars, max_batch, max_image_pixels,
+        mb_to_bytes("max_decode_mb", max_decode_mb),
+    )
     predictor = Predictor(Path(run_dir), settings)
     app = FastAPI(
         title="mmsent",
@@ -282,11 +446,14 @@ def create_app(
         f"Model: {predictor.name} ({' + '.join(predictor.run.cfg.model.encoders)}, head {predictor.run.cfg.model.head}).",
     )
     app.state.predictor = predictor
+    app.state.settings = settings
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_middleware(BodySizeLimit, settings=settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # both prediction routes: multipart only, and their 4xx answers documented in the OpenAPI description
+    # both prediction routes: multipart only, and their 4xx answers documented in the OpenAPI description;
+    # their forms are parsed in memory (InMemoryUploadRoute)
     POST_OPTIONS = {"responses": ERRORS, "dependencies": [Depends(require_multipart)]}  # noqa: N806
+    uploads = APIRouter(route_class=InMemoryUploadRoute)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -300,7 +467,7 @@ def create_app(
     def model_info() -> ModelInfo:
         return predictor.info()
 
-    @app.post(
+    @uploads.post(
         "/predict",
         response_model=Prediction,
         **POST_OPTIONS,
@@ -313,7 +480,7 @@ def create_app(
         upload = await read_image(image, settings.max_image_bytes)
         return (await _in_thread(predictor.predict, [(*upload, text)]))[0]
 
-    @app.post(
+    @uploads.post(
         "/predict/batch",
         response_model=BatchPrediction,
         **POST_OPTIONS,
@@ -330,6 +497,7 @@ def create_app(
         posts = [(*await read_image(upload, settings.max_image_bytes), text) for upload, text in zip(images, texts, strict=True)]
         return BatchPrediction(predictions=await _in_thread(predictor.predict, posts), model=predictor.name)
 
+    app.include_router(uploads)
     return app
 
 
@@ -340,12 +508,55 @@ async def _in_thread(fn, *args):
     return await run_in_threadpool(fn, *args)
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_image_mb: float = 10) -> None:
-    """Load the run and serve it with uvicorn until interrupted."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, so that a port in use is a clear error before anything is served."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise MmsentError(f"cannot listen on host {host!r}: {exc.strerror}; pass --host with an address of this machine") from None
+    sock = socket.socket(family, kind, proto)
+    # as uvicorn does: a restarted service may rebind a port whose old connections linger in TIME_WAIT
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise MmsentError(bind_error(host, port, exc)) from None
+    return sock
+
+
+def bind_error(host: str, port: int, exc: OSError) -> str:
+    """What went wrong binding host:port, and what to pass instead."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use (another service, or mmsent serve already running); pass --port with a free port"
+    if exc.errno == errno.EACCES:
+        return f"port {port} on {host} needs privileges this user lacks (ports below 1024 do); pass --port 1024 or above"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"host {host} is not an address of this machine; pass --host 127.0.0.1 or one of its addresses"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+
+
+def serve(
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_image_mb: float = 10,
+    max_decode_mb: float = DEFAULT_MAX_DECODE_BYTES / MIB,
+    quiet: bool = False,
+) -> None:
+    """Bind host:port, load the run and serve it with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(run_dir, max_image_mb=max_image_mb)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
-    print(f"serving {app.state.predictor.name} on http://{host}:{port}/ (OpenAPI description at /openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    sock = bind_socket(host, port)  # first: a port in use is refused before the model is loaded
+    try:
+        app = create_app(run_dir, max_image_mb=max_image_mb, max_decode_mb=max_decode_mb)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
+        port = sock.getsockname()[1]  # the port the OS chose for --port 0
+        url_host = f"[{host}]" if ":" in host else host
+        print(f"serving {app.state.predictor.name} on http://{url_host}:{port}/ (OpenAPI description at /openapi.json)",
+              flush=True)
+        config = uvicorn.Config(app, log_level="warning" if quiet else "info")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
