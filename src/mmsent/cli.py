@@ -384,7 +384,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
                         prune=not args.no_prune, quiet=args.quiet or not args.verbose)
-    print(f"ran {result.ran} trial(s) here; the study {result.study_name!r} has {len(result.rows)} ({result.storage})")
+    for note in result.dead:
+        print(f"dead worker: {note}")
+    requeued = f", {result.requeued} failed or yielded point(s) re-queued" if result.requeued else ""
+    print(f"ran {result.ran} trial(s) here{requeued}; the study {result.study_name!r} has {len(result.rows)} "
+          f"finished ({result.storage})")
+    if result.running_elsewhere:
+        print(f"{result.running_elsewhere} trial(s) still running in other workers: rerun once they end to "
+              "complete the table (a dead worker's trial is failed and redone by the next run)")
     if result.best_value is not None:
         print(f"best validation {args.objective}: {result.best_value:.4f}; config: {args.out / 'best.yaml'}")
     print(f"results: {args.out / 'results.md'}")

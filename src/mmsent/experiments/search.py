@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import socket
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from mmsent.api import load_training_data, train
 from mmsent.config import Config, read_yaml_mapping, save_config
@@ -23,8 +26,20 @@ from mmsent.run_folder import RunOrigin, write_manifest
 from mmsent.tables import write_table
 
 GRID_POINT = "grid_point"  # user attr: the point a running grid trial claims before it looks for rivals
+WORKER = "worker"  # user attr: the process that trains the trial (see worker_identity)
 HELD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # a point done or in training
 TAKEN = (*HELD, TrialState.WAITING)  # ... or queued
+SHOWN = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials of the results table
+
+# Heartbeats find dead workers on other machines (a dead worker on this machine is found at once, by
+# its pid). Every running trial writes one row every HEARTBEAT_INTERVAL seconds: 0.1 writes/s per worker,
+# nothing for SQLite or PostgreSQL. A trial silent for GRACE_PERIOD seconds (6 missed beats) counts as
+# dead: generous, since failing a live trial trains its point twice and stops its worker, while a dead
+# remote worker's point only comes back a minute later.
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 60
+
+logger = logging.getLogger(__name__)
 
 
 def _scalar(value: Any) -> bool:
@@ -132,9 +147,14 @@ def _key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
-def remaining_grid(trials: list[optuna.trial.FrozenTrial], space: SearchSpace) -> list[dict[str, Any]]:
-    """Grid points no trial has done, is running or has queued; failed (interrupted) points count as remaining."""
-    taken = {_key(_trial_params(t)) for t in trials if t.state in TAKEN and "duplicate_of" not in t.user_attrs}
+def remaining_grid(
+    trials: list[optuna.trial.FrozenTrial], space: SearchSpace, states: tuple[TrialState, ...] = TAKEN
+) -> list[dict[str, Any]]:
+    """Grid points no trial in `states` holds: by default none has done, is running or has queued them.
+
+    Failed (interrupted, or left by a dead worker and failed since) points count as remaining.
+    """
+    taken = {_key(_trial_params(t)) for t in trials if t.state in states and "duplicate_of" not in t.user_attrs}
     return [p for p in space.grid_points() if _key(p) not in taken]
 
 
@@ -145,13 +165,154 @@ def _next_grid_point_to_enqueue(study: optuna.Study, space: SearchSpace) -> tupl
     two reads, and mixing snapshots made a point that had just started look failed.
     """
     trials = study.get_trials(deepcopy=False)
-    todo = remaining_grid(trials, space)
-    if not todo:
+    # a queued point is work left too: its worker may have died between queueing it and taking it,
+    # and this worker's next trial takes it (Optuna hands out queued trials first)
+    if not remaining_grid(trials, space, HELD):
         return False, None
     # the sampler counts a point as visited once a trial of it ended, also one that failed or yielded
     # to a rival: such a point must be queued explicitly
     sampled = {_key(_trial_params(t)) for t in trials if "grid_id" in t.system_attrs}
-    return True, next((p for p in todo if _key(p) in sampled), None)
+    return True, next((p for p in remaining_grid(trials, space) if _key(p) in sampled), None)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _this_machine() -> dict[str, str | None]:
+    """What tells this machine's processes apart from others': host name, boot and pid namespace.
+
+    Two machines (or containers) may share a host name; the boot id and the pid namespace make a pid
+    comparable only with pids of the same running kernel and namespace.
+    """
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    return {"host": socket.gethostname(), "boot": _read_text("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns}
+
+
+def _process_start(pid: int) -> tuple[str, str] | None:
+    """(start time, state) of a visible process, or None when it does not exist or cannot be seen.
+
+    The start time (clock ticks since boot, /proc/PID/stat field 22) tells a reused pid from the
+    original process.
+    """
+    stat = _read_text(f"/proc/{pid}/stat")
+    if stat is not None:
+        fields = stat.rsplit(")", 1)[-1].split()  # the command name in (...) may hold spaces
+        return fields[19], fields[0]
+    try:
+        import psutil  # not a dependency: systems without /proc (macOS) may have it
+    except ImportError:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return str(proc.create_time()), "Z" if proc.status() == psutil.STATUS_ZOMBIE else "R"
+    except psutil.Error:
+        return None
+
+
+def worker_identity() -> dict[str, Any]:
+    """This process, as recorded on each trial it trains: enough for a later run to see it is gone."""
+    start = _process_start(os.getpid())
+    return {**_this_machine(), "pid": os.getpid(), "started": start[0] if start else None}
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 checks only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def worker_is_dead(worker: dict[str, Any]) -> bool | None:
+    """Whether a recorded worker process is gone: True/False on this machine, None (unknown) elsewhere."""
+    if any(worker.get(k) != v for k, v in _this_machine().items()):
+        return None
+    pid = worker.get("pid")
+    if not isinstance(pid, int) or pid <= 0:  # os.kill(0, ...) would mean the process group
+        return None
+    now = _process_start(pid)
+    if now is None:
+        # gone, or hidden from us (/proc mounted with hidepid): only a missing pid proves it dead
+        return not _pid_exists(pid)
+    started, state = now
+    if state in ("Z", "X"):
+        return True  # killed, not yet reaped by its parent
+    return worker.get("started") is not None and started != worker["started"]  # the pid was reused
+
+
+def _dead_reason(trial: optuna.trial.FrozenTrial, stale: set[int], now: datetime) -> str | None:
+    """Why a running trial's worker is known to be dead, or None while it may be alive."""
+    worker = trial.user_attrs.get(WORKER)
+    dead = worker_is_dead(worker) if isinstance(worker, dict) else None
+    if dead:
+        return f"process {worker.get('pid')} on {worker.get('host')} is gone"
+    if dead is False:
+        return None  # alive on this machine: missed heartbeats mean a busy database, not a dead worker
+    if trial._trial_id in stale:
+        return f"no heartbeat for {GRACE_PERIOD} s"
+    # a worker records itself within milliseconds of taking a trial; a trial with no worker and no
+    # params long after it started lost its worker in between (before any heartbeat could be written)
+    started = trial.datetime_start
+    if worker is None and not trial.params and started is not None and now - started > timedelta(seconds=2 * GRACE_PERIOD):
+        return "its worker never recorded itself"
+    return None
+
+
+def _stale_trial_ids(study: optuna.Study) -> set[int]:
+    """Running trials whose heartbeat stopped more than the grace period ago (workers on any machine)."""
+    storage = study._storage
+    # the storage query behind optuna.storages.fail_stale_trials, which fails them without saying which
+    # (Optuna's heartbeat classes are private: a storage with heartbeats has these two methods)
+    get_stale = getattr(storage, "_get_stale_trial_ids", None)
+    if get_stale is None or not storage.get_heartbeat_interval():
+        return set()
+    return set(get_stale(study._study_id))
+
+
+def fail_dead_trials(study: optuna.Study) -> list[str]:
+    """Mark the running trials of dead workers failed, so their points are queued again; one note each.
+
+    A killed worker leaves its trial RUNNING: it would hold its grid point forever.
+    """
+    trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not trials:
+        return []
+    stale, now, notes = _stale_trial_ids(study), datetime.now(), []
+    for trial in trials:
+        reason = _dead_reason(trial, stale, now)
+        if reason is None:
+            continue
+        try:
+            failed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            failed = False  # another worker failed it (or it finished) first
+        if failed:
+            point = _trial_params(trial)
+            notes.append(f"trial {trial.number}{f' {point}' if point else ''} marked failed: {reason}")
+    return notes
+
+
+class _Storage(optuna.storages.RDBStorage):
+    """RDBStorage whose heartbeats survive a database hiccup.
+
+    Optuna's heartbeat thread ends at the first error: a live trial would then look dead after the
+    grace period and be failed and trained again. A missed beat is only logged.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            logger.warning("mmsent search: heartbeat of trial id %s not recorded (%s); retrying", trial_id, exc)
 
 
 def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: int, attempts: int = 5) -> optuna.Study:
@@ -162,7 +323,7 @@ def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 # heartbeats let a later worker mark trials of a killed worker as failed (and so redo them)
-                rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180)
+                rdb = _Storage(storage, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
             return optuna.create_study(
                 storage=rdb, study_name=name, direction="maximize", sampler=space.sampler(seed), pruner=pruner,
                 load_if_exists=True,
@@ -190,7 +351,10 @@ def _rival(trial: optuna.Trial) -> int | None:
 
 
 def _objective_fn(data_dir: Path, out_dir: Path, cfg: Config, space: SearchSpace, objective: str, quiet: bool, dataset):
+    identity = worker_identity()
+
     def run_trial(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER, identity)  # first: a later run checks this process to see the trial is orphaned
         values = space.suggest(trial)
         rival = None
         if space.grid:
@@ -231,14 +395,21 @@ class SearchResult:
     ran: int
     study_name: str
     storage: str
+    dead: list[str] = field(default_factory=list)  # trials of dead workers this run marked failed
+    requeued: int = 0  # failed (or yielded) grid points this run queued again
+    running_elsewhere: int = 0  # trials other workers still train (their points are not in rows yet)
 
 
 def trial_rows(study: optuna.Study, objective: str) -> list[dict]:
-    """One row per trial, best objective first, unfinished trials last."""
+    """One row per finished or pruned trial, best objective first, pruned trials last.
+
+    Running, queued and failed trials are left out (a failed point is trained again by a later trial),
+    and so are raced duplicates, which trained nothing.
+    """
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False, states=SHOWN):
         if "duplicate_of" in t.user_attrs:
-            continue  # a raced duplicate that trained nothing
+            continue
         # Optuna gives a pruned trial its last epoch's score as value: keep that apart from finished runs
         value = t.value if t.state == TrialState.COMPLETE else None
         row = {"trial": t.number, "state": t.state.name.lower(), objective: value}
@@ -269,8 +440,9 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) a search; write trials/, results.csv/.md, search plots, best.yaml and experiment.json.
 
-    A grid runs until every combination is done (by this or another worker) or `trials` trials ran here;
-    TPE needs `trials`.
+    A grid runs until every combination is done or in training (by this or another worker) or `trials`
+    trials ran here; TPE needs `trials`. Trials left running by dead workers are failed first (see
+    fail_dead_trials) and their points trained again, so a rerun after a kill completes the grid.
     """
     if objective not in metric_row({}):
         raise MmsentError(f"unknown objective {objective!r}; use one of {', '.join(metric_row({}))}")
@@ -283,17 +455,22 @@ def run_search(
     study = open_study(storage, study_name, space, prune, cfg.train.seed)
     dataset = load_training_data(Path(data_dir), cfg)
     run_trial = _objective_fn(Path(data_dir), out_dir, cfg, space, objective, quiet, dataset)
-    ran = 0
+    ran, requeued, dead = 0, 0, []
     while trials is None or ran < trials:
+        # before the grid is read: a dead worker's trial holds its point until it is failed
+        dead += fail_dead_trials(study)
         if space.grid:
             points_left, failed_point = _next_grid_point_to_enqueue(study, space)
             if not points_left:
                 break  # the grid is exhausted: completed trials are never rerun
             if failed_point is not None:
                 study.enqueue_trial(failed_point)
+                requeued += 1
         study.optimize(run_trial, n_trials=1, catch=())
         ran += 1
     rows = trial_rows(study, objective)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    running_elsewhere = sum("duplicate_of" not in t.user_attrs for t in running)
     best_cfg, best_value = None, None
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if finished:
@@ -307,7 +484,7 @@ def run_search(
         sampler="grid" if space.grid else "tpe", pruning=prune, trials=len(rows), best_value=best_value,
         space=space.grid or space.ranges,
     )
-    return SearchResult(rows, best_cfg, best_value, ran, study_name, storage)
+    return SearchResult(rows, best_cfg, best_value, ran, study_name, storage, dead, requeued, running_elsewhere)
 
 
 def _plots(rows: list[dict], objective: str, keys: list[str], out_dir: Path) -> None:
