@@ -20,8 +20,8 @@ import mmsent
 import mmsent.experiments.search as search
 from mmsent.cli import main
 from mmsent.config import load_config
-from mmsent.experiments.common import read_table
 from mmsent.experiments.search import GRID_POINT, WORKER, fail_dead_trials, worker_identity, worker_is_dead
+from mmsent.tables import read_table
 
 TINY = ["--set", "model.encoders=[vader]", "--set", "train.epochs=3", "--set", "model.hidden_dim=8"]
 POINTS = {("0.001", "8"), ("0.001", "16"), ("0.003", "8"), ("0.003", "16")}
