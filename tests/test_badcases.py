@@ -27,7 +27,7 @@ from mmsent.experiments.badcases import CASE_COLUMNS
 from mmsent.run_folder import read_manifest
 from mmsent.tables import read_table
 
-FAST = ["--set", "model.encoders=[vader]", "--set", "train.epochs=4", "--quiet"]
+FAST = ["--set", "model.encoders=[vader]", "--set", "train.epochs=4", "--set", "train.ensemble=3", "--quiet"]
 
 
 def rows(path: Path) -> list[dict]:

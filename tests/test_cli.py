@@ -172,7 +172,7 @@ def test_models_lists_encoders_and_heads(capsys):
 def test_finetune_mode_trains_backbones_and_round_trips(dataset: Path, tmp_path: Path):
     out = tmp_path / "ft"
     args = ["train", "--data", str(dataset), "--out", str(out), "--quiet",
-            "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "train.mode=finetune",
+            "--set", "model.encoders=[vader,efficientnet_lite0]", "--preset", "finetune",
             "--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.freeze_epochs=1",
             "--set", "runtime.num_workers=0"]
     assert main(args) == 0
@@ -221,9 +221,9 @@ def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tm
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])
 def test_cross_attention_head_end_to_end(dataset: Path, tmp_path: Path, mode: str):
     out = tmp_path / mode
-    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet",
+    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--preset", "mlp" if mode == "frozen" else mode,
             "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "model.head=cross_attention",
-            "--set", "model.hidden_dim=32", "--set", "train.epochs=2", "--set", f"train.mode={mode}",
+            "--set", "model.hidden_dim=32", "--set", "train.epochs=2",
             "--set", "train.batch_size=16", "--set", "runtime.num_workers=0"]
     assert main(args) == 0
     spec = json.loads((out / "model.json").read_text())
@@ -232,3 +232,26 @@ def test_cross_attention_head_end_to_end(dataset: Path, tmp_path: Path, mode: st
     assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids",
                  str(dataset / "test_without_label.txt"), "--out", str(pred), "--quiet"]) == 0
     assert len(pred.read_text().splitlines()) == 7
+
+
+def test_finetune_one_encoder_with_the_others_cached(dataset: Path, tmp_path: Path):
+    out = tmp_path / "ft"
+    args = ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--preset", "finetune",
+            "--set", "model.encoders=[minilm,efficientnet_lite0]", "--set", "train.finetune=[minilm]",
+            "--set", "model.encoder_options.minilm.trainable_layers=1", "--set", "train.epochs=1",
+            "--set", "train.batch_size=8", "--set", "runtime.num_workers=0"]
+    assert main(args) == 0
+    tuned = load_file(str(out / "encoders.safetensors"))
+    assert tuned and all(k.startswith("minilm.") for k in tuned)  # the image encoder stayed as named
+    from mmsent.encoders import create_encoder
+
+    pretrained = create_encoder("minilm").state_dict()
+    changed = [k for k, v in tuned.items() if not torch.equal(v, pretrained[k.removeprefix("minilm.")])]
+    assert changed and all(".layer.5." in k for k in changed)  # only the top layer trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    loaded = load_run(out)
+    assert loaded.encoders["efficientnet_lite0"].tuned_digest is None and loaded.encoders["minilm"].tuned_digest
+    pred = tmp_path / "p.txt"
+    assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids",
+                 str(dataset / "test_without_label.txt"), "--out", str(pred), "--quiet"]) == 0
+    assert metrics["n_val"] > 0 and len(pred.read_text().splitlines()) == 7

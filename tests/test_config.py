@@ -10,8 +10,18 @@ from mmsent.errors import ConfigError
 
 def test_defaults_are_the_offline_model():
     cfg = load_config()
-    assert cfg.model.encoders == ["minilm", "efficientnet_lite0", "vader"]
+    assert cfg.model.encoders == ["minilm", "efficientnet_lite0", "vader", "lexicon"]
+    assert cfg.model.head == "linear" and cfg.train.optimizer == "lbfgs" and cfg.train.ensemble == 5
     assert cfg.data.val_fraction == 0.1
+    assert load_config(preset="default") == cfg
+
+
+def test_settings_that_cannot_go_together_are_one_message():
+    with pytest.raises(ConfigError, match="start from --preset finetune"):
+        load_config(overrides=["train.mode=finetune"])
+    with pytest.raises(ConfigError, match="lbfgs needs model.dropout=0"):
+        load_config(overrides=["model.dropout=0.2"])
+    assert load_config(preset="finetune").train.mode == "finetune"
 
 
 def test_yaml_round_trip(tmp_path: Path):

@@ -73,3 +73,26 @@ def test_text_cache_follows_cleaning(dataset: Path, tmp_path: Path):
     _, same = encode_records(enc, records, load_config(), cache, quiet=True)
     _, changed = encode_records(enc, records, load_config(overrides=["text.hashtags_to_words=false"]), cache, quiet=True)
     assert same.computed == 0 and changed.computed > 0
+
+
+def test_lexicon_reads_tweet_signals_from_the_raw_text():
+    from mmsent.encoders.lexicon import FEATURES
+
+    enc = create_encoder("lexicon")
+    feats = enc(["Sooo happy today!!! :) #BestDayEver http://t.co/x", "RT @bob: awful news :( #worstdayever so sad..."])
+    assert feats.shape == (2, len(FEATURES)) == (2, enc.dim)
+    row = dict(zip(FEATURES, feats[0].tolist(), strict=True))
+    assert row["exclamations"] == 3 and row["positive_emoticons"] == 1 and row["elongated_words"] == 1
+    assert row["hashtags"] == 1 and row["links"] == 1 and row["hashtag_vader_compound"] > 0.3  # "Best Day Ever"
+    sad = dict(zip(FEATURES, feats[1].tolist(), strict=True))
+    assert sad["retweet"] == 1 and sad["negative_emoticons"] == 1 and sad["vader_compound"] < 0 and sad["ellipsis"] == 1
+    assert sad["hashtag_vader_compound"] < 0  # "worst day ever", segmented
+
+
+def test_e5_embeds_offline_and_deterministically():
+    enc = create_encoder("e5")
+    out = enc(["a happy dog", "a joyful puppy", "tax forms are due"])
+    assert out.shape == (3, 384) and torch.allclose(out.norm(dim=1), torch.ones(3), atol=1e-3)
+    sim = out @ out.T
+    assert sim[0, 1] > sim[0, 2]
+    assert torch.equal(out, enc(["a happy dog", "a joyful puppy", "tax forms are due"]))

@@ -140,7 +140,8 @@ def test_variants_side_by_side(dataset, tmp_path):
     variants = tmp_path / "variants.yaml"
     variants.write_text("base: {}\nln: {model.layernorm: true}\nwide: {model.hidden_dim: 32}\n")
     out = tmp_path / "variants"
-    assert main(["variants", "--data", str(dataset), "--out", str(out), "--variants", str(variants), *TINY]) == 0
+    assert main(["variants", "--data", str(dataset), "--out", str(out), "--variants", str(variants), "--preset", "mlp",
+                 *TINY]) == 0
     rows = read_table(out / "results.csv")
     assert [r["variant"] for r in rows] == ["base", "ln", "wide"]
     for column in ["accuracy", "macro_f1", "macro_precision", "macro_recall", "f1_neutral", "parameters", "train_seconds"]:
@@ -210,7 +211,7 @@ def test_ablation_rows_blanked_and_retrained(trained_run, tmp_path):
         ("text only", "retrained"), ("image only", "retrained")]
     metrics = json.loads((run / "metrics.json").read_text())
     assert float(rows[0]["macro_f1"]) == pytest.approx(metrics["macro_f1"], abs=1e-4)
-    assert load_config(out / "retrain-text" / "config.yaml").model.encoders == ["minilm", "vader"]
+    assert load_config(out / "retrain-text" / "config.yaml").model.encoders == ["minilm", "vader", "lexicon"]
     assert load_config(out / "retrain-image" / "config.yaml").model.encoders == ["efficientnet_lite0"]
     assert json.loads((out / "retrain-text" / "split.json").read_text()) == json.loads((run / "split.json").read_text())
     assert (out / "ablation.png").is_file() and read_manifest(out)["kind"] == "ablation"

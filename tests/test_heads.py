@@ -85,3 +85,24 @@ def test_cross_attention_accepts_pooled_and_single_modality():
     assert head({"text": torch.randn(3, 8), "image": torch.randn(3, 6)}).shape == (3, 3)
     single = create_head("cross_attention", {"image": 6}, 3, hidden_dim=16)
     assert single({"image": (torch.randn(2, 4, 6), torch.ones(2, 4, dtype=torch.bool))}).shape == (2, 3)
+
+
+def test_linear_head_with_lbfgs_is_a_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    from mmsent.config import TrainConfig
+    from mmsent.engine.losses import make_loss
+    from mmsent.engine.trainer import FeatureBatches, fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.7, size=300) > 0).astype(int) + (x[:, 2] > 1.0)
+    c = 0.05
+    sk = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, tol=1e-10).fit(x, y)
+    clf = FusionClassifier({"f": 6}, {"f": "text"}, "linear", {"hidden_dim": 8, "dropout": 0.0, "layernorm": False})
+    cfg = TrainConfig(optimizer="lbfgs", weight_decay=1.0 / (c * len(y)), epochs=5, patience=5, lbfgs_steps=100)
+    batches = FeatureBatches({"f": x}, y, 64, shuffle=True)
+    fit(clf, batches, FeatureBatches({"f": x}, y, 300, shuffle=False), make_loss("balanced", y, 3), cfg, quiet=True)
+    weight = clf.heads[0].linear.weight.detach().numpy()
+    # the same objective, the same optimum: sklearn's multinomial coefficients up to a shift shared by the classes
+    assert np.allclose(weight - weight.mean(0), sk.coef_ - sk.coef_.mean(0), atol=2e-3)

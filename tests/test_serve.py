@@ -111,7 +111,7 @@ def test_batch_runs_pairs_in_order(client: TestClient):
 def test_health_model_and_openapi(client: TestClient, tiny_run: Path, tmp_path: Path):
     assert client.get("/health").json() == {"status": "ok", "model": tiny_run.name}
     info = client.get("/model").json()
-    assert info["encoders"] == ["vader", "efficientnet_lite0"] and info["head"] == "concat"
+    assert info["encoders"] == ["vader", "efficientnet_lite0"] and info["head"] == "linear"
     assert info["labels"] == list(LABELS) and info["preset"] is None
     assert 0 <= info["validation"]["macro_f1"] <= 1 and info["validation"]["n"] > 0
     assert info["limits"]["max_image_bytes"] == 1024 * 1024

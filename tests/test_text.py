@@ -61,3 +61,12 @@ def test_attributes():
     attrs = text_attributes("RT @a: #x #y great \U0001f600 http://t.co/z")
     assert attrs["is_retweet"] and attrs["has_url"] and attrs["has_emoji"]
     assert attrs["n_hashtags"] == 2
+
+
+def test_hashtags_are_segmented_into_words():
+    from mmsent.data.text import segment_hashtag
+
+    assert segment_hashtag("ThrowbackThursday") == "Throwback Thursday"
+    assert segment_hashtag("happyfriday") == "happy friday"
+    cfg = TextConfig(segment_hashtags=True, lowercase=False)
+    assert clean_text("So #happyfriday to all #TBT", cfg) == "So happy friday to all tbt"  # one word: as segmented

@@ -354,15 +354,15 @@ def tiny_options(bert_tokenizer: str, clip_tokenizer: str) -> dict[str, dict]:
 @pytest.mark.parametrize("preset", sorted(__import__("mmsent.presets", fromlist=["PRESETS"]).PRESETS))
 def test_every_preset_trains_and_predicts(preset: str, mode: str, small_dataset: Path, tmp_path: Path,
                                           bert_tokenizer: str, clip_tokenizer: str):
-    from mmsent.presets import preset_config
-
     options = tiny_options(bert_tokenizer, clip_tokenizer)
-    encoders = preset_config(preset)["model"]["encoders"]
+    encoders = load_config(preset=preset).model.encoders
     sets = [f"model.encoder_options.{name}={json.dumps(options[name])}" for name in encoders if name in options]
     run = tmp_path / f"{preset}-{mode}"
     args = ["train", "--preset", preset, "--data", str(small_dataset), "--out", str(run), "--quiet",
             "--set", "train.epochs=1", "--set", f"train.mode={mode}", "--set", "train.batch_size=8",
-            "--set", "data.val_fraction=0.25", "--set", "runtime.num_workers=0"]
+            "--set", "data.val_fraction=0.25", "--set", "runtime.num_workers=0", "--set", "train.ensemble=2"]
+    if mode == "finetune":  # one model end to end, with AdamW (the offline models train an ensemble with L-BFGS)
+        args += ["--set", "train.ensemble=1", "--set", "train.optimizer=adamw"]
     for item in sets:
         args += ["--set", item]
     assert main(args) == 0

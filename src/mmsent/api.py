@@ -16,6 +16,7 @@ from mmsent import LABELS
 from mmsent.config import Config
 from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
+from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import check_no_leak
 from mmsent.data.labels import write_label_file
 from mmsent.data.records import (
@@ -27,9 +28,10 @@ from mmsent.data.records import (
     raise_on_problems,
     require_data_dir,
 )
-from mmsent.data.splits import stratified_split
+from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
+from mmsent.engine.decision import fit_decision, reliability
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
 from mmsent.engine.trainer import (
@@ -44,7 +46,7 @@ from mmsent.errors import MmsentError
 from mmsent.factory import Preprocessing, create_encoders, create_model
 from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
-from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run
+from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run, encoder_weights_blob
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -97,7 +99,10 @@ def extract_features(
     return features, stats
 
 
-def _subset(features: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dict[str, np.ndarray]:
+    """The rows idx of every feature matrix, or (a list of names) those encoders' matrices."""
+    if isinstance(idx, list):
+        return {k: features[k] for k in idx}
     return {k: v[idx] for k, v in features.items()}
 
 
@@ -121,16 +126,19 @@ def probability_rows(records: list[Record], probs: np.ndarray) -> list[dict]:
 
 
 def write_run_plots(plots: Path, history: list[dict], best_epoch: int, y: np.ndarray, probs: np.ndarray, metrics: dict) -> None:
-    from mmsent.reporting.plots import plot_confusion, plot_history, plot_roc
+    from mmsent.reporting.plots import plot_confusion, plot_history, plot_reliability, plot_roc
 
     plot_history(history, plots / "curves.png", best_epoch)
     plot_confusion(metrics["confusion_matrix"], LABELS, plots / "confusion.png")
     plot_roc(y, probs, LABELS, plots / "roc.png")
+    plot_reliability(reliability(y, probs), metrics["ece"], plots / "reliability.png")
 
 
 def split_records(records: list[Record], cfg: Config) -> tuple[list[Record], list[Record]]:
-    """The stratified train / validation split fixed by data.split_seed."""
-    train_idx, val_idx = stratified_split([r.tag for r in records], cfg.data.val_fraction, cfg.data.split_seed)
+    """The stratified train / validation split fixed by data.split_seed; duplicate posts stay on one side."""
+    train_idx, val_idx = stratified_split(
+        [r.tag for r in records], cfg.data.val_fraction, cfg.data.split_seed, duplicate_groups(records)
+    )
     return [records[i] for i in train_idx], [records[i] for i in val_idx]
 
 
@@ -176,24 +184,68 @@ def train_into(
     """Train and write every file of the run through writer (see `train`)."""
     t_start = time.perf_counter()
     apply_runtime(cfg)
-    seed_everything(cfg.train.seed)
     encoders = create_encoders(cfg)  # missing weights stop here, before any data work
     dataset = dataset or load_training_data(data_dir, cfg)
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
     train_records = list(train_records) + list(extra_train or []) + augmented
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
-    if len({r.tag for r in train_records}) < 2:
-        raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
     if dataset.skipped:
         writer.write_skipped(dataset.skipped_rows())
+    fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
+    metrics = {**fitted.metrics, "total_seconds": round(time.perf_counter() - t_start, 2)}
+    split_guids = Split(
+        train=[r.guid for r in train_records if r.source_guid is None],
+        val=[r.guid for r in val_records],
+        augmented=[r.guid for r in train_records if r.source_guid is not None],
+    )
+    _write_run(writer, cfg, fitted.model, metrics, split_guids, fitted.result, val_records, fitted.probs, data_dir, origin,
+               fitted.tuned_weights)
+    timings = {k: metrics[k] for k in ("encode_seconds", "train_seconds", "total_seconds")}
+    return TrainResult(
+        writer.target, metrics, fitted.result, split_guids.train, split_guids.val, timings,
+        model=LoadedRun(writer.target, cfg, fitted.model),
+    )
 
+
+@dataclass
+class Fitted:
+    """A model trained in memory, with its validation probabilities and metrics (nothing written)."""
+
+    model: MultimodalModel
+    result: FitResult
+    probs: np.ndarray  # (N_val, C)
+    metrics: dict
+    tuned_weights: bytes | None = None  # fine-tune mode: the tuned encoders' weights, serialised
+
+
+def fit_model(
+    cfg: Config,
+    train_records: list[Record],
+    val_records: list[Record],
+    quiet: bool = False,
+    callbacks: list[EpochCallback] | None = None,
+    encoders: dict[str, Encoder] | None = None,
+    data_dir: Path | str = "the data set",
+) -> Fitted:
+    """Train the model cfg describes on train_records, early-stopping on val_records; nothing is written.
+
+    Frozen mode trains the head on cached features; fine-tune mode trains encoders and head end to end.
+    An ensemble (train.ensemble >= 2) early-stops each head on its own fold of train_records, so
+    val_records only measure it and may be empty.
+    """
+    if len({r.tag for r in train_records}) < 2:
+        raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
+    if not val_records and (cfg.train.mode == "finetune" or cfg.train.ensemble == 1):
+        raise MmsentError("a single head early-stops on a validation split: give validation records")
+    seed_everything(cfg.train.seed)
+    encoders = encoders if encoders is not None else create_encoders(cfg)
     t_enc = time.perf_counter()
     # stateful encoders (TF-IDF) learn from the training split only
     model, preprocessing = create_model(cfg, encoders=encoders, fit_records=train_records)
     classifier = model.classifier
-    token_encoders = classifier.token_encoders
-    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet, token_encoders=token_encoders)
+    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet,
+                                    token_encoders=classifier.token_encoders)
     encode_seconds = time.perf_counter() - t_enc
     n_train = len(train_records)
     train_feats = _subset(feats, np.arange(n_train))
@@ -203,22 +255,34 @@ def train_into(
     seed_everything(cfg.train.seed)
     classifier.fit_scaler(train_feats)  # from the (frozen) training features, in both modes
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
+    oof = None
+    tuned_blob = None
     if cfg.train.mode == "finetune":
+        cached = (_subset(train_feats, model.cached), _subset(val_feats, model.cached))
         result, probs = _fit_finetune(model, preprocessing, train_records, val_records, y_train, y_val, loss_fn, cfg,
-                                      quiet, callbacks)
+                                      quiet, callbacks, cached)
+        tuned_blob, digest = encoder_weights_blob({n: model.encoders[n] for n in cfg.tuned_encoders()})
+        for name in cfg.tuned_encoders():
+            model.encoders[name].tuned_digest = digest  # their features are no longer those of the named weights
     else:
-        train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
         val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
         with head_threads(cfg):
-            result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
-        probs, _, _ = predict_proba(classifier, val_batches)
-    metrics = compute_metrics(y_val, probs)
-    timings = {
-        "encode_seconds": round(encode_seconds, 2),
-        "train_seconds": round(result.seconds, 2),
-        "total_seconds": round(time.perf_counter() - t_start, 2),
-    }
+            if len(classifier.heads) == 1:
+                train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+                result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
+            else:
+                result, oof = _fit_cross_fitted(classifier, train_records, train_feats, y_train, loss_fn, cfg, quiet,
+                                                callbacks)
+        probs = predict_proba(classifier, val_batches)[0] if val_records else np.zeros((0, len(LABELS)), np.float32)
+    model.eval()
     encoder_parameters = sum(count_parameters(e) for e in encoders.values())
+    metrics = compute_metrics(y_val, probs) if val_records else {"n": 0}
+    if oof is not None:
+        oof_metrics = compute_metrics(y_train, oof)
+        metrics["out_of_fold"] = {k: oof_metrics[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")}
+    metrics["decision"] = {"rule": cfg.train.decision if oof is not None else "argmax",
+                           "offsets": dict(zip(LABELS, classifier.offsets.tolist())),
+                           "temperature": float(classifier.temperature), "heads": len(classifier.heads)}
     metrics.update(
         best_epoch=result.best_epoch,
         epochs_run=len(result.history),
@@ -227,45 +291,76 @@ def train_into(
         parameters=count_parameters(classifier) + encoder_parameters,
         trainable_parameters=count_parameters(classifier) + (encoder_parameters if cfg.train.mode == "finetune" else 0),
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
-        **timings,
+        encode_seconds=round(encode_seconds, 2),
+        train_seconds=round(result.seconds, 2),
     )
-    split_guids = Split(
-        train=[r.guid for r in train_records if r.source_guid is None],
-        val=[r.guid for r in val_records],
-        augmented=[r.guid for r in train_records if r.source_guid is not None],
-    )
-    _write_run(writer, cfg, model, metrics, split_guids, result, val_records, y_val, probs, data_dir, origin)
-    classifier.eval()
-    return TrainResult(
-        writer.target, metrics, result, split_guids.train, split_guids.val, timings,
-        model=LoadedRun(writer.target, cfg, model),
-    )
+    return Fitted(model, result, probs, metrics, tuned_blob)
 
 
 def _write_run(
     writer: RunWriter, cfg: Config, model: MultimodalModel, metrics: dict, split: Split, result: FitResult,
-    val_records: list[Record], y_val: np.ndarray, probs: np.ndarray, data_dir: Path, origin: RunOrigin | None,
+    val_records: list[Record], probs: np.ndarray, data_dir: Path, origin: RunOrigin | None,
+    tuned_weights: bytes | None = None,
 ) -> None:
     """Every file of a trained run, through its writer."""
     classifier = model.classifier
     encoder_state = {n: state for n, e in model.encoders.items() if (state := e.extra_state_dict())}
     writer.write_config(cfg)
     writer.write_classifier(classifier.state_dict(), {"labels": list(LABELS), **classifier.spec(), "encoder_state": encoder_state})
-    if cfg.train.mode == "finetune":
-        digest = writer.write_encoder_weights(dict(model.encoders.items()))
-        for encoder in model.encoders.values():
-            encoder.tuned_digest = digest  # their features are no longer those of the named weights
+    if tuned_weights is not None:
+        writer.write_encoder_weights(tuned_weights)
     writer.write_metrics(metrics)
     writer.write_split(split)
     writer.write_history(result.history)
     writer.write_val_predictions(probability_rows(val_records, probs))
-    write_run_plots(writer.plots_dir, result.history, result.best_epoch, y_val, probs, metrics)
+    write_run_plots(writer.plots_dir, result.history, result.best_epoch, encode_labels(val_records), probs, metrics)
     writer.write_manifest(origin or RunOrigin(), data=str(Path(data_dir).resolve()),
                           validation={k: metrics[k] for k in ("accuracy", "macro_f1")})
 
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _fit_cross_fitted(
+    classifier: FusionClassifier,
+    train_records: list[Record],
+    train_feats: dict[str, np.ndarray],
+    y_train: np.ndarray,
+    loss_fn: torch.nn.Module,
+    cfg: Config,
+    quiet: bool,
+    callbacks: list[EpochCallback] | None,
+) -> tuple[FitResult, np.ndarray]:
+    """Train each head on all folds of the training split but its own, early-stopping on its own fold.
+
+    Every training post is then predicted by the one head that did not train on it: these out-of-fold
+    probabilities (N_train, C) fit the decision offsets and the temperature. Callbacks (a search pruner)
+    see the first head's epochs.
+    """
+    k = len(classifier.heads)
+    tags = [r.tag for r in train_records]
+    if min(tags.count(t) for t in set(tags)) < k:
+        raise MmsentError(f"train.ensemble={k} needs at least {k} training posts of each class; lower train.ensemble")
+    folds = stratified_folds(tags, k, cfg.train.seed, duplicate_groups(train_records))
+    oof = np.zeros((len(train_records), len(LABELS)), dtype=np.float32)
+    results = []
+    for index, (fit_idx, stop_idx) in enumerate(folds):
+        seed_everything(cfg.train.seed + index)
+        member = classifier.member(index)
+        fit_batches = FeatureBatches(_subset(train_feats, fit_idx), y_train[fit_idx], cfg.train.batch_size,
+                                     shuffle=True, seed=cfg.train.seed + index)
+        stop_batches = FeatureBatches(_subset(train_feats, stop_idx), y_train[stop_idx], 1024, shuffle=False)
+        results.append(fit(member, fit_batches, stop_batches, loss_fn, cfg.train,
+                           callbacks=callbacks if index == 0 else None, quiet=quiet))
+        oof[stop_idx] = predict_proba(member, stop_batches)[0]
+    decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate)
+    classifier.set_decision(decision.offsets, decision.temperature)
+    history = [{**record, "member": index} for index, r in enumerate(results) for record in r.history]
+    merged = FitResult(history, int(np.median([r.best_epoch for r in results])),
+                       float(np.mean([r.best_score for r in results])), any(r.stopped_early for r in results),
+                       sum(r.seconds for r in results))
+    return merged, oof
 
 
 def _fit_finetune(
@@ -279,17 +374,22 @@ def _fit_finetune(
     cfg: Config,
     quiet: bool,
     callbacks: list | None = None,
+    cached: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {}),
 ) -> tuple[FitResult, np.ndarray]:
-    """Train encoders and head end to end through Accelerate; backbones frozen for freeze_epochs."""
+    """Train encoders and head end to end through Accelerate; backbones frozen for freeze_epochs.
+
+    Encoders outside train.finetune stay frozen: `cached` holds their (train, validation) features, which
+    the batches carry instead of images or texts.
+    """
     from accelerate import Accelerator
 
     t = cfg.train
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
     workers = cfg.runtime.num_workers
     train_batches = record_batches(train_records, y_train, preprocessing.train, preprocessing.collate, t.batch_size,
-                                   shuffle=True, num_workers=workers, seed=t.seed)
+                                   shuffle=True, num_workers=workers, seed=t.seed, features=cached[0])
     val_batches = record_batches(val_records, y_val, preprocessing.eval, preprocessing.collate,
-                                 cfg.runtime.encode_batch_size, shuffle=False, num_workers=workers)
+                                 cfg.runtime.encode_batch_size, shuffle=False, num_workers=workers, features=cached[1])
     backbone = model.backbone_parameters()
     groups = [{"params": list(model.classifier.parameters()), "lr": t.lr}]
     if backbone:
@@ -375,7 +475,8 @@ def _load_run(folder: RunFolder) -> LoadedRun:
     tuned = folder.encoder_weights()
     apply_runtime(cfg)
     # fine-tuned weights replace the named ones, so those need not be available again
-    model, _ = create_model(cfg, encoder_state=spec.get("encoder_state", {}), architecture_only=tuned is not None)
+    model, _ = create_model(cfg, encoder_state=spec.get("encoder_state", {}),
+                            architecture_only=frozenset(cfg.tuned_encoders()) if tuned is not None else frozenset())
     classifier = model.classifier
     for name, dim in classifier.encoder_dims.items():
         if spec["encoder_dims"].get(name) != dim:
@@ -389,8 +490,8 @@ def _load_run(folder: RunFolder) -> LoadedRun:
     try:
         classifier.load_state_dict(folder.classifier_state(), strict=True)
         if tuned is not None:
-            for name, encoder in model.encoders.items():
-                prefix = f"{name}."
+            for name in cfg.tuned_encoders():
+                encoder, prefix = model.encoders[name], f"{name}."
                 encoder.load_state_dict({k[len(prefix):]: v for k, v in tuned.items() if k.startswith(prefix)}, strict=True)
                 encoder.tuned_digest = folder.encoder_weights_digest()
     except RuntimeError as exc:  # a state dict that does not fit the model the config describes

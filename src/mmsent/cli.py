@@ -181,6 +181,21 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="progress bars of each trial")
     _add_common(p)
 
+    p = sub.add_parser("cv", help="cross-validate configs on train.txt: the same folds for every one, paired differences")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="experiment folder (results, folds, paired, cv.png)")
+    p.add_argument("--folds", type=int, default=5, help="folds per repeat (default 5)")
+    p.add_argument("--repeats", type=int, default=2, help="repeats with other fold seeds (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="fold seed of the first repeat (default 0)")
+    p.add_argument("--compare", help="comma-separated config YAML files, each a candidate (the first is the reference)")
+    p.add_argument("--presets", help="comma-separated presets, each a candidate (before --compare's files)")
+    p.add_argument("--variants", type=Path,
+                   help="YAML: candidate name -> {config key: value}, each on top of --preset/--config/--set "
+                        "(the format of `mmsent variants`; after --presets and --compare)")
+    _add_config_args(p)
+    _add_overwrite(p, "cross-validation folder")
+    _add_common(p)
+
     p = sub.add_parser("variants", help="train a base config with sets of overrides, side by side")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -398,13 +413,54 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cv_candidates(args: argparse.Namespace) -> dict:
+    """name -> config of each candidate: --presets, --compare's files, --variants' entries; else the arguments' config."""
+    from mmsent.config import load_config
+
+    overrides = list(args.overrides) + ([f"data.on_error={args.on_error}"] if args.on_error else [])
+    candidates = {}
+    for preset in _split_list(args.presets):
+        candidates[preset] = load_config(args.config, overrides, preset=preset)
+    for path in _split_list(args.compare):
+        name = Path(path).stem
+        while name in candidates:
+            name += "+"
+        candidates[name] = load_config(Path(path), overrides, preset=args.preset)
+    if args.variants:
+        from mmsent.experiments.variants import load_variants
+
+        base = load_config(args.config, overrides, preset=args.preset)
+        for name, values in load_variants(args.variants).items():
+            while name in candidates:
+                name += "+"
+            candidates[name] = base.with_values(values)
+    if not candidates:
+        name = args.preset or (args.config.stem if args.config else "config")
+        candidates[name] = load_config(args.config, overrides, preset=args.preset)
+    return candidates
+
+
+def _split_list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from mmsent.experiments.cv import run_cv
+
+    result = run_cv(args.data, args.out, cv_candidates(args), command_line(args.argv), folds=args.folds,
+                    repeats=args.repeats, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
+    print(result.markdown)
+    print(f"results: {result.out_dir} (results.csv/.md, folds.csv, paired.csv/.md, cv.png, candidates/)")
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from mmsent.experiments.variants import load_variants, run_variants
     from mmsent.tables import markdown_table
 
     rows = run_variants(args.data, args.out, _config(args), load_variants(args.variants), command_line(args.argv), args.quiet,
                         overwrite=args.overwrite, preset=args.preset)
-    print(markdown_table(rows, ["variant", "accuracy", "macro_f1", "parameters", "train_seconds"]))
+    print(markdown_table(rows, ["variant", "accuracy", "macro_f1", "weighted_f1", "f1_neutral", "parameters", "train_seconds"]))
     return 0
 
 
@@ -414,7 +470,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
     rows, note = run_seeds(args.data, args.out, _config(args), parse_seeds(args.seeds), command_line(args.argv),
                            vary_split=args.vary_split, quiet=args.quiet, overwrite=args.overwrite, preset=args.preset)
-    print(markdown_table(rows, ["seed", "accuracy", "macro_f1", "macro_precision", "macro_recall"]))
+    print(markdown_table(rows, ["seed", "accuracy", "macro_f1", "weighted_f1", "f1_neutral", "macro_precision", "macro_recall"]))
     print(note)
     return 0
 
@@ -426,7 +482,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.perturbations.split(",")] if args.perturbations else None
     rows = run_robustness(args.run, args.data, args.out, command_line(args.argv), names, parse_levels(args.levels),
                           seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
-    print(markdown_table(rows, ["perturbation", "level", "accuracy", "macro_f1", "drop_macro_f1"]))
+    print(markdown_table(rows, ["perturbation", "level", "accuracy", "macro_f1", "weighted_f1", "drop_macro_f1"]))
     return 0
 
 
@@ -436,7 +492,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     rows = run_ablation(args.run, args.data, args.out, command_line(args.argv), retrain=args.retrain, quiet=args.quiet,
                         overwrite=args.overwrite)
-    print(markdown_table(rows, ["setting", "method", "accuracy", "macro_f1"]))
+    print(markdown_table(rows, ["setting", "method", "accuracy", "macro_f1", "weighted_f1", "f1_neutral"]))
     return 0
 
 
@@ -454,6 +510,7 @@ COMMANDS = {
     "augment": cmd_augment,
     "retrain": cmd_retrain,
     "search": cmd_search,
+    "cv": cmd_cv,
     "variants": cmd_variants,
     "seeds": cmd_seeds,
     "robustness": cmd_robustness,

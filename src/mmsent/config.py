@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmsent.errors import ConfigError
 from mmsent.files import atomic_write_text
@@ -35,6 +35,8 @@ class TextConfig(_Section):
     remove_urls: bool = True
     remove_mentions: bool = True
     hashtags_to_words: bool = True
+    # "#ThrowbackThursday" -> "Throwback Thursday", "#happyfriday" -> "happy friday" (wordsegment); implies words
+    segment_hashtags: bool = False
     lowercase: bool = True
     fold_whitespace: bool = True
     emoji: Literal["keep", "token", "name"] = "name"
@@ -51,13 +53,22 @@ class ImageConfig(_Section):
 
 
 class ModelConfig(_Section):
-    encoders: list[str] = Field(default_factory=lambda: ["minilm", "efficientnet_lite0", "vader"])
-    head: str = "concat"
+    """The model; the defaults are the `default` model (chosen by cross-validation, see the README)."""
+
+    encoders: list[str] = Field(default_factory=lambda: ["minilm", "efficientnet_lite0", "vader", "lexicon"])
+    head: str = "linear"
     hidden_dim: int = Field(256, gt=0)
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     layernorm: bool = False
     # per-encoder keyword options, e.g. {"bert": {"name_or_path": "/models/bert"}}
     encoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # weight of an encoder's standardised features in the head's input, e.g. {"lexicon": 3}: with an L2
+    # penalty a larger scale means a weaker penalty on that encoder's weights (default 1; encoders the
+    # model does not use are ignored)
+    feature_scale: dict[str, float] = Field(default_factory=lambda: {"vader": 3.0, "lexicon": 3.0})
+    # training only: each post loses one modality (set to its mean) with this probability, so that the head
+    # does not lean on one side alone
+    modality_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("encoders")
     @classmethod
@@ -70,20 +81,48 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """How the model trains; the defaults train the `default` model: a cross-fitted ensemble of logistic regressions."""
+
     # frozen: features cached once, only the head trains; finetune: backbones train too
     mode: Literal["frozen", "finetune"] = "frozen"
-    epochs: int = Field(60, gt=0)
+    epochs: int = Field(15, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(1e-3, gt=0.0)  # the head's learning rate
     backbone_lr: float = Field(2e-5, gt=0.0)  # fine-tune mode: the encoders' learning rate
     freeze_epochs: int = Field(0, ge=0)  # fine-tune mode: backbones frozen for the first N epochs
+    # fine-tune mode: the encoders that train (all when empty); the others stay frozen and their features
+    # come from the feature cache, e.g. [minilm] fine-tunes the text while the image features are cached
+    finetune: list[str] = Field(default_factory=list)
     grad_accum_steps: int = Field(1, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    weight_decay: float = Field(1e-2, ge=0.0)
-    patience: int = Field(10, gt=0)
+    # AdamW's decoupled decay; with lbfgs the L2 coefficient (0.3 ~ scikit-learn's C = 1 / (0.3 n) ~ 0.001 here)
+    weight_decay: float = Field(0.3, ge=0.0)
+    # adamw: mini-batches; lbfgs: full-batch L-BFGS on the L2-penalised loss (with head=linear, a logistic
+    # regression), lbfgs_steps iterations per epoch
+    optimizer: Literal["adamw", "lbfgs"] = "lbfgs"
+    lbfgs_steps: int = Field(20, gt=0)
+    patience: int = Field(5, gt=0)
     class_weights: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     seed: int = 42
+    # heads trained and averaged (frozen mode); with two or more each early-stops on its own fold of the
+    # training split (cross-fitting), so the validation split is used for nothing but the report
+    ensemble: int = Field(5, ge=1, le=50)
+    # the tag rule, fitted on the heads' out-of-fold predictions (ensemble >= 2): per-class offsets that
+    # maximise macro-F1 or accuracy, or plain argmax
+    decision: Literal["argmax", "macro_f1", "accuracy"] = "macro_f1"
+    # temperature scaling of the probabilities on the same out-of-fold predictions (ensemble >= 2)
+    calibrate: bool = True
+
+    @model_validator(mode="after")
+    def _frozen_only(self) -> TrainConfig:
+        if self.mode != "frozen" and (self.ensemble > 1 or self.optimizer == "lbfgs"):
+            raise ValueError(
+                "train.mode=finetune trains one model end to end with AdamW: it needs train.ensemble=1 and "
+                "train.optimizer=adamw (the defaults train an ensemble of heads with L-BFGS); start from "
+                "--preset finetune, or set both"
+            )
+        return self
 
 
 class RuntimeConfig(_Section):
@@ -102,6 +141,22 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    def tuned_encoders(self) -> list[str]:
+        """The encoders whose weights training changes (fine-tune mode); the rest keep their named weights."""
+        if self.train.mode != "finetune":
+            return []
+        return list(self.train.finetune) or list(self.model.encoders)
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Config:
+        unknown = sorted(set(self.train.finetune) - set(self.model.encoders))
+        if unknown:
+            raise ValueError(f"train.finetune names encoder(s) not in model.encoders: {', '.join(unknown)}")
+        if self.train.optimizer == "lbfgs" and (self.model.dropout > 0 or self.model.modality_dropout > 0):
+            raise ValueError("train.optimizer=lbfgs needs model.dropout=0 and model.modality_dropout=0 "
+                             "(L-BFGS needs the same loss at every step)")
+        return self
 
     def with_values(self, values: dict[str, Any]) -> Config:
         """A validated copy with `section.key` values set: the one way to derive a config from another."""
@@ -125,7 +180,8 @@ def _validate(raw: dict[str, Any], source: str) -> Config:
         lines = [f"invalid config ({source}):"]
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {key}: {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message}" if key else f"  {message}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -35,16 +35,16 @@ def preprocessing_of(encoders: dict[str, Encoder], cfg: Config) -> Preprocessing
     )
 
 
-def create_encoders(cfg: Config, architecture_only: bool = False) -> dict[str, Encoder]:
+def create_encoders(cfg: Config, architecture_only: frozenset[str] = frozenset()) -> dict[str, Encoder]:
     """Every encoder of the config, by name, with its options; missing weights stop here, before any data work.
 
-    architecture_only builds encoders that take a `pretrained` option without their pretrained
-    weights (a fine-tuned run supplies them).
+    Encoders named in architecture_only (that take a `pretrained` option) are built without their
+    pretrained weights: a fine-tuned run supplies them.
     """
     encoders = {}
     for name in cfg.model.encoders:
         options = dict(cfg.model.encoder_options.get(name, {}))
-        if architecture_only and encoder_accepts(name, "pretrained"):
+        if name in architecture_only and encoder_accepts(name, "pretrained"):
             options["pretrained"] = False
         encoders[name] = create_encoder(name, **options)
     return encoders
@@ -69,7 +69,9 @@ def create_classifier(cfg: Config, encoders: dict[str, Encoder], token_encoders:
     head_kwargs = {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
     with torch.random.fork_rng(devices=[]):  # the same seed gives the same head, whatever ran before
         torch.manual_seed(cfg.train.seed)
-        return FusionClassifier(dims, modalities, m.head, head_kwargs, len(LABELS), token_encoders)
+        return FusionClassifier(dims, modalities, m.head, head_kwargs, len(LABELS), token_encoders,
+                                num_heads=cfg.train.ensemble, feature_scale=m.feature_scale,
+                                modality_dropout=m.modality_dropout)
 
 
 def create_model(
@@ -78,7 +80,7 @@ def create_model(
     encoders: dict[str, Encoder] | None = None,
     fit_records: list[Record] | None = None,
     encoder_state: dict[str, dict] | None = None,
-    architecture_only: bool = False,
+    architecture_only: frozenset[str] = frozenset(),
 ) -> tuple[MultimodalModel, Preprocessing]:
     """The model a config describes (encoders + fusion classifier) and its preprocessing.
 
@@ -93,4 +95,5 @@ def create_model(
         for encoder in encoders.values():
             encoder.fit(fit_records, cfg)
     classifier = create_classifier(cfg, encoders, choose_token_encoders(cfg, encoders))
-    return MultimodalModel(encoders, classifier), preprocessing_of(encoders, cfg)
+    cached = [n for n in encoders if n not in cfg.tuned_encoders()] if cfg.train.mode == "finetune" else []
+    return MultimodalModel(encoders, classifier, cached=cached), preprocessing_of(encoders, cfg)

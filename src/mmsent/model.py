@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,9 +14,12 @@ from mmsent.heads import create_head
 
 
 class FusionClassifier(nn.Module):
-    """Standardise each encoder's features, group them by modality, apply the fusion head.
+    """Standardise each encoder's features, group them by modality, apply the fusion heads and the decision.
 
-    Input: {encoder name: (B, D_enc)}; output: logits (B, C). This is the trainable part in
+    Input: {encoder name: (B, D_enc)}; output: logits (B, C). With several heads (an ensemble) the
+    output is the log of their mean class probabilities; the decision (per-class offsets, then a
+    temperature, both fitted on out-of-fold predictions) is applied last, so that softmax of the
+    output gives the calibrated probabilities and argmax the tag. This is the trainable part in
     frozen mode and the part a checkpoint stores; encoders are rebuilt from the config.
     """
 
@@ -27,9 +31,15 @@ class FusionClassifier(nn.Module):
         head_kwargs: dict,
         num_classes: int = len(LABELS),
         token_encoders: list[str] | None = None,
+        num_heads: int = 1,
+        feature_scale: dict[str, float] | None = None,
+        modality_dropout: float = 0.0,
     ):
         super().__init__()
         self.encoder_dims = dict(encoder_dims)
+        # an encoder's standardised features are multiplied by its scale (folded into std by fit_scaler)
+        self.feature_scale = dict(feature_scale or {})
+        self.modality_dropout = modality_dropout  # training only: see _drop_modalities_at_random
         self.encoder_modalities = dict(encoder_modalities)
         # encoders whose input here is a token sequence (B, T, D) with a mask under "<name>.mask"
         self.token_encoders = list(token_encoders or [])
@@ -46,7 +56,10 @@ class FusionClassifier(nn.Module):
             raise ValueError("at most one token encoder per modality")
         self.modality_dims = modality_dims
         self.drop_modalities: frozenset[str] = frozenset()  # blanked at inference (ablation)
-        self.head = create_head(head, modality_dims, num_classes, **head_kwargs)
+        self.heads = nn.ModuleList(create_head(head, modality_dims, num_classes, **head_kwargs) for _ in range(num_heads))
+        # the decision: logits = (log p + offsets) / temperature; identity until fitted
+        self.register_buffer("offsets", torch.zeros(num_classes))
+        self.register_buffer("temperature", torch.ones(()))
 
     def fit_scaler(self, features: dict[str, np.ndarray]) -> None:
         """Set per-dimension mean/std from training features (never from validation)."""
@@ -57,7 +70,8 @@ class FusionClassifier(nn.Module):
             mean = values.mean(axis=0)
             std = values.std(axis=0)
             getattr(self, f"mean_{name}").copy_(torch.from_numpy(mean))
-            getattr(self, f"std_{name}").copy_(torch.from_numpy(np.where(std < 1e-6, 1.0, std)))
+            std = np.where(std < 1e-6, 1.0, std) / self.feature_scale.get(name, 1.0)
+            getattr(self, f"std_{name}").copy_(torch.from_numpy(std.astype(np.float32)))
 
     def group_by_modality(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised.
@@ -70,9 +84,23 @@ class FusionClassifier(nn.Module):
             if self.encoder_modalities[name] in self.drop_modalities:
                 x = torch.zeros_like(x)
             groups.setdefault(self.encoder_modalities[name], []).append(x)
+        if self.training and self.modality_dropout > 0 and len(groups) > 1:
+            groups = self._drop_modalities_at_random(groups)
         if not self.token_encoders:
             return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}
         return self._token_groups(groups, features)
+
+    def _drop_modalities_at_random(self, groups: dict[str, list[torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
+        """Modality dropout: each post loses one modality (blanked to its mean) with probability modality_dropout."""
+        modalities = list(groups)
+        batch = groups[modalities[0]][0].shape[0]
+        dropped = torch.rand(batch) < self.modality_dropout  # (B,) posts that lose a modality
+        which = torch.randint(len(modalities), (batch,))  # (B,) the modality each of them loses
+        out = {}
+        for index, modality in enumerate(modalities):
+            keep = ~(dropped & (which == index))  # (B,)
+            out[modality] = [x * keep.view(-1, *([1] * (x.dim() - 1))).to(x.dtype) for x in groups[modality]]
+        return out
 
     def _token_groups(self, groups: dict[str, list[torch.Tensor]], features: dict[str, torch.Tensor]) -> dict:
         """Per modality (tokens (B, T, D), mask (B, T)); pooled features of the modality join every token."""
@@ -94,10 +122,24 @@ class FusionClassifier(nn.Module):
 
     @property
     def token_level(self) -> bool:
-        return bool(getattr(self.head, "token_level", False))
+        return bool(getattr(self.heads[0], "token_level", False))
+
+    def member(self, index: int) -> HeadView:
+        """Head `index` alone on this classifier's grouping: what training one member of the ensemble sees."""
+        return HeadView(self, index)
+
+    def set_decision(self, offsets: np.ndarray, temperature: float) -> None:
+        self.offsets.copy_(torch.as_tensor(offsets, dtype=torch.float32))
+        self.temperature.fill_(float(temperature))
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.group_by_modality(features))  # (B, C)
+        groups = self.group_by_modality(features)
+        if len(self.heads) == 1:
+            log_p = torch.log_softmax(self.heads[0](groups), dim=-1)  # (B, C)
+        else:
+            per_head = torch.stack([torch.log_softmax(h(groups), dim=-1) for h in self.heads])  # (K, B, C)
+            log_p = torch.logsumexp(per_head, dim=0) - math.log(len(self.heads))  # log of the mean probability
+        return (log_p + self.offsets) / self.temperature  # (B, C)
 
     def spec(self) -> dict:
         """What rebuilding this module needs besides its weights."""
@@ -108,19 +150,38 @@ class FusionClassifier(nn.Module):
         }
 
 
+class HeadView(nn.Module):
+    """One head of a FusionClassifier with the classifier's standardisation: raw logits (B, C) of that member.
+
+    Only the head is a submodule, so an optimiser and a best-epoch snapshot see that member's weights alone.
+    """
+
+    def __init__(self, classifier: FusionClassifier, index: int):
+        super().__init__()
+        object.__setattr__(self, "classifier", classifier)  # not a submodule: its other heads stay out
+        self.head = classifier.heads[index]
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.classifier.group_by_modality(features))
+
+
 class MultimodalModel(nn.Module):
     """Encoders and fusion classifier end to end, for fine-tuning: inputs {encoder: batch} -> logits."""
 
-    def __init__(self, encoders: dict[str, nn.Module], classifier: FusionClassifier):
+    def __init__(self, encoders: dict[str, nn.Module], classifier: FusionClassifier, cached: list[str] | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.classifier = classifier
+        # encoders that stay frozen while the others fine-tune: their inputs here are cached features (B, D)
+        self.cached = list(cached or [])
 
     def forward_features(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """{encoder: collated batch} -> {encoder: (B, D_enc)}, or (B, T, D_tok) plus "<name>.mask" for token encoders."""
         feats: dict[str, torch.Tensor] = {}
         for name, batch in inputs.items():
-            if name in self.classifier.token_encoders:
+            if name in self.cached:
+                feats[name] = batch  # (B, D_enc), from the feature cache
+            elif name in self.classifier.token_encoders:
                 feats[name], feats[f"{name}.mask"] = self.encoders[name].forward_tokens(batch)
             else:
                 feats[name] = self.encoders[name](batch)
@@ -133,4 +194,5 @@ class MultimodalModel(nn.Module):
         return self.forward_head(self.forward_features(inputs))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoders.parameters()]
+        """The encoder weights that fine-tuning trains (not those of cached encoders, nor frozen layers)."""
+        return [p for name, e in self.encoders.items() if name not in self.cached for p in e.parameters() if p.requires_grad]

@@ -246,6 +246,23 @@ def _read_marker(path: Path) -> dict[str, Any]:
 # ---- writing ----
 
 
+def encoder_weights_blob(encoders: dict) -> tuple[bytes, str]:
+    """Fine-tuned encoder weights as safetensors bytes of `{encoder}.{parameter}` tensors, and their digest.
+
+    The digest keys the feature cache of the tuned encoders (their features are not the named weights'
+    any more); it is the same digest a reader finds for the saved file.
+    """
+    from safetensors.torch import save
+
+    tensors = {
+        f"{name}.{key}": value.detach().contiguous().cpu()
+        for name, encoder in encoders.items()
+        for key, value in encoder.state_dict().items()
+    }
+    blob = save(tensors, metadata={"mmsent_version": __version__})
+    return blob, _sha256(blob)[:16]
+
+
 class RunWriter:
     """Writes one run's files into a private folder; `create_run` publishes it when all went well."""
 
@@ -272,18 +289,9 @@ class RunWriter:
         save_file(tensors, str(self.path / WEIGHTS_FILE), metadata={"mmsent_version": __version__})
         self.write_json(SPEC_FILE, {"mmsent_version": __version__, **spec})
 
-    def write_encoder_weights(self, encoders: dict) -> str:
-        """Fine-tuned encoder weights as `{encoder}.{parameter}` tensors; returns their digest."""
-        from safetensors.torch import save_file
-
-        tensors = {
-            f"{name}.{key}": value.detach().contiguous().cpu()
-            for name, encoder in encoders.items()
-            for key, value in encoder.state_dict().items()
-        }
-        path = self.path / ENCODERS_FILE
-        save_file(tensors, str(path), metadata={"mmsent_version": __version__})
-        return _sha256(path.read_bytes())[:16]
+    def write_encoder_weights(self, blob: bytes) -> None:
+        """Fine-tuned encoder weights, as `encoder_weights_blob` serialised them."""
+        (self.path / ENCODERS_FILE).write_bytes(blob)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self.write_json(METRICS_FILE, metrics)

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from mmsent import LABELS
+from mmsent.data.duplicates import group_ids, normalised_text
 from mmsent.data.images import ImageReadError, verify_image
 from mmsent.data.labels import read_label_file
 from mmsent.data.records import TEST_LIST, TRAIN_LIST, require_data_dir
+from mmsent.data.splits import stratified_split
 from mmsent.data.text import decode_text
+from mmsent.errors import MmsentError
 
 
 def _md5(data: bytes) -> str:
@@ -55,8 +58,30 @@ def _duplicate_groups(digests: dict[str, str], split_of: dict[str, str], tag_of:
     }
 
 
-def check_dataset(root: Path, max_pixels: int = 89_478_485) -> dict:
-    """Inspect a data folder without failing: every problem is listed in the report."""
+def _validation_split_report(
+    train: list, text_norm: dict[str, str], image_md5: dict[str, str], val_fraction: float, split_seed: int
+) -> dict:
+    """Duplicate groups (same normalised text or image) of train.txt and whether the training split keeps them whole."""
+    entries = [e for e in train if e.guid in image_md5 and e.guid in text_norm]
+    keys = [[f"image:{image_md5[e.guid]}"] + ([f"text:{text_norm[e.guid]}"] if text_norm[e.guid] else []) for e in entries]
+    groups = group_ids(keys)
+    sizes = Counter(groups.tolist())
+    report = {"val_fraction": val_fraction, "split_seed": split_seed, "duplicate_groups": sum(n > 1 for n in sizes.values()),
+              "posts_in_duplicate_groups": sum(n for n in sizes.values() if n > 1)}
+    try:
+        train_idx, val_idx = stratified_split([e.tag for e in entries], val_fraction, split_seed, groups)
+    except MmsentError as exc:
+        return {**report, "error": str(exc)}
+    crossing = set(groups[train_idx].tolist()) & set(groups[val_idx].tolist())
+    return {**report, "n_train": len(train_idx), "n_val": len(val_idx), "groups_crossing_train_validation": len(crossing)}
+
+
+def check_dataset(root: Path, max_pixels: int = 89_478_485, val_fraction: float = 0.1, split_seed: int = 42) -> dict:
+    """Inspect a data folder without failing: every problem is listed in the report.
+
+    val_fraction and split_seed give the validation split that training would make (data.*), whose
+    duplicate groups are checked to stay on one side.
+    """
     root = require_data_dir(Path(root))
     train, train_problems = read_label_file(root / TRAIN_LIST, labelled=True)
     test, test_problems = read_label_file(root / TEST_LIST, labelled=False)
@@ -67,7 +92,7 @@ def check_dataset(root: Path, max_pixels: int = 89_478_485) -> dict:
     for guid in sorted({e.guid for e in train} & {e.guid for e in test}):
         problems.append(f"guid {guid}: listed in both {TRAIN_LIST} and {TEST_LIST}")
 
-    fallback, text_md5, image_md5 = [], {}, {}
+    fallback, text_md5, image_md5, text_norm = [], {}, {}, {}
     widths, heights, sizes_kb = [], [], []
     for guid in split_of:
         text_path, image_path = root / "data" / f"{guid}.txt", root / "data" / f"{guid}.jpg"
@@ -77,6 +102,7 @@ def check_dataset(root: Path, max_pixels: int = 89_478_485) -> dict:
             if used_fallback:
                 fallback.append(guid)
             text_md5[guid] = _md5(text.strip().encode("utf-8"))
+            text_norm[guid] = normalised_text(text)
         except FileNotFoundError:
             problems.append(f"guid {guid}: {text_path}: text file is missing")
         except UnicodeDecodeError:
@@ -109,6 +135,7 @@ def check_dataset(root: Path, max_pixels: int = 89_478_485) -> dict:
         },
         "duplicate_texts": _duplicate_groups(text_md5, split_of, tag_of),
         "duplicate_images": _duplicate_groups(image_md5, split_of, tag_of),
+        "validation_split": _validation_split_report(train, text_norm, image_md5, val_fraction, split_seed),
         "image_size": {"width": _stats(widths), "height": _stats(heights), "file_kb": _stats(sizes_kb)},
         "problems": problems,
     }
@@ -128,6 +155,13 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{kind.replace('_', ' ')}: {d['groups']} groups over {d['guids_in_groups']} guids; "
             f"{d['crossing_train_test']} cross train/test, {d['with_conflicting_labels']} carry conflicting labels"
+        )
+    v = report.get("validation_split", {})
+    if "n_val" in v:
+        lines.append(
+            f"validation split (data.val_fraction {v['val_fraction']}, seed {v['split_seed']}): {v['n_train']} train / "
+            f"{v['n_val']} validation; {v['duplicate_groups']} duplicate groups ({v['posts_in_duplicate_groups']} posts, "
+            f"same normalised text or image), {v['groups_crossing_train_validation']} of them cross the split"
         )
     size = report["image_size"]
     if size["width"]:

@@ -13,19 +13,26 @@ from mmsent.data.records import Record
 
 
 class RecordDataset(Dataset):
-    """(inputs {encoder: item}, label) per record; label -1 when unknown."""
+    """(inputs {encoder: item}, label) per record; label -1 when unknown.
 
-    def __init__(self, records: list[Record], loaders: dict[str, Callable[[Record], Any]], labels: np.ndarray):
+    Encoders in `features` (frozen while others fine-tune) give their cached feature row instead of an item.
+    """
+
+    def __init__(self, records: list[Record], loaders: dict[str, Callable[[Record], Any]], labels: np.ndarray,
+                 features: dict[str, np.ndarray] | None = None):
         self.records = records
         self.loaders = loaders
         self.labels = labels
+        self.features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in (features or {}).items()}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int):
         record = self.records[i]
-        return {name: load(record) for name, load in self.loaders.items()}, int(self.labels[i])
+        items = {name: load(record) for name, load in self.loaders.items() if name not in self.features}
+        items.update({name: rows[i] for name, rows in self.features.items()})  # (D,)
+        return items, int(self.labels[i])
 
 
 class _Collate:
@@ -48,10 +55,15 @@ def record_batches(
     shuffle: bool,
     num_workers: int = 0,
     seed: int = 0,
+    features: dict[str, np.ndarray] | None = None,
 ) -> DataLoader:
-    """A DataLoader over raw records: each encoder's item loader per record, its collate per batch."""
+    """A DataLoader over raw records: each encoder's item loader per record, its collate per batch.
+
+    `features` {encoder: (N, D)} replaces the items of encoders that stay frozen (stacked into (B, D)).
+    """
+    collates = {name: torch.stack if name in (features or {}) else fn for name, fn in collates.items()}
     return DataLoader(
-        RecordDataset(records, loaders, labels),
+        RecordDataset(records, loaders, labels, features),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,

@@ -1,4 +1,4 @@
-"""Stratified train/validation splits as pure functions of the labels and a seed."""
+"""Stratified splits and folds that keep duplicate groups on one side: pure functions of tags, groups and a seed."""
 
 from __future__ import annotations
 
@@ -6,29 +6,68 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
 
 from mmsent.errors import MmsentError
 
 
-def stratified_split(tags: Sequence[str], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) with class proportions kept; the same seed gives the same split."""
-    indices = np.arange(len(tags))
-    try:
-        train_idx, val_idx = train_test_split(
-            indices, test_size=val_fraction, random_state=seed, stratify=list(tags), shuffle=True
-        )
-    except ValueError as exc:  # too few posts for a stratified split: the user's data, not a bug
+def _groups(n: int, groups: Sequence[int] | None) -> np.ndarray:
+    return np.arange(n) if groups is None else np.asarray(groups)
+
+
+def stratified_split(
+    tags: Sequence[str], val_fraction: float, seed: int, groups: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): about val_fraction of each class in val, every group on one side; seeded.
+
+    Groups (duplicate posts, see data.duplicates) are visited in a seeded random order and join the
+    validation side while every class stays within its quota round(val_fraction * class size); without
+    groups every post is its own group, and this is a plain stratified random split.
+    """
+    tags = list(tags)
+    groups = _groups(len(tags), groups)
+    classes = sorted(set(tags))
+    # at least one post of each class (that has two) on the validation side, so every class is scored
+    quota = {c: max(1 if n >= 2 else 0, round(val_fraction * n)) for c, n in Counter(tags).items()}
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(int(g), []).append(i)
+    order = list(members)
+    np.random.default_rng(seed).shuffle(order)
+    taken = Counter()
+    chosen: set[int] = set()
+    for g in order:
+        counts = Counter(tags[i] for i in members[g])
+        if all(taken[c] + k <= quota[c] for c, k in counts.items()):
+            taken.update(counts)
+            chosen.add(g)
+    # a class whose posts all sit in groups larger than its quota: take its smallest group anyway
+    for c in classes:
+        if taken[c] == 0 and quota[c] > 0:
+            candidates = [g for g in order if g not in chosen and c in {tags[i] for i in members[g]}]
+            if candidates:
+                g = min(candidates, key=lambda g: len(members[g]))
+                taken.update(Counter(tags[i] for i in members[g]))
+                chosen.add(g)
+    val = [i for g in order if g in chosen for i in members[g]]
+    short = [c for c in classes if taken[c] == 0 or taken[c] == Counter(tags)[c]]
+    if short or not val:
         counts = ", ".join(f"{t} {n}" for t, n in sorted(Counter(tags).items()))
         raise MmsentError(
             f"cannot split {len(tags)} labelled posts ({counts}) into training and a validation fraction of "
-            f"{val_fraction}: every class needs at least 2 posts and the validation split at least one post per class "
-            f"({exc}). Add labelled posts, or raise data.val_fraction."
-        ) from None
-    return np.sort(train_idx), np.sort(val_idx)
+            f"{val_fraction}: every class needs at least one post on each side (short: {', '.join(short) or 'all'}). "
+            "Add labelled posts, or change data.val_fraction."
+        )
+    val_idx = np.sort(np.asarray(val))
+    train_idx = np.setdiff1d(np.arange(len(tags)), val_idx)
+    return train_idx, val_idx
 
 
-def stratified_folds(tags: Sequence[str], k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """k (train, held-out) index pairs; each index is held out exactly once."""
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(np.sort(a), np.sort(b)) for a, b in folds.split(np.zeros(len(tags)), list(tags))]
+def stratified_folds(
+    tags: Sequence[str], k: int, seed: int, groups: Sequence[int] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train, held-out) index pairs, stratified, every group in one fold; each index is held out once."""
+    tags = list(tags)
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    pairs = folds.split(np.zeros(len(tags)), tags, _groups(len(tags), groups))
+    return [(np.sort(a), np.sort(b)) for a, b in pairs]

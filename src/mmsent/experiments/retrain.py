@@ -33,7 +33,7 @@ def _data_dir(augment: list[Path], data_dir: Path | None) -> Path:
 
 def comparison_rows(before: dict, after: dict) -> list[dict]:
     """metric, before, after, delta on the same validation split."""
-    pairs = [(k, before[k], after[k]) for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall")]
+    pairs = [(k, before.get(k), after.get(k)) for k in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")]
     pairs += [(f"f1_{lab}", before["per_class"][lab]["f1"], after["per_class"][lab]["f1"]) for lab in LABELS]
     pairs += [(k, before.get(k), after.get(k)) for k in ("n_val", "n_train", "best_epoch")]
     return [{"metric": m, "before": b, "after": a, "delta": (a - b) if None not in (a, b) else None} for m, b, a in pairs]

@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
-
 from mmsent.api import load_training_data, train
 from mmsent.config import Config
 from mmsent.engine.metrics import metric_row
 from mmsent.errors import MmsentError
 from mmsent.files import atomic_write_text
 from mmsent.run_folder import RunOrigin, experiment_folder, write_manifest
+from mmsent.stats import t_interval
 from mmsent.tables import write_table
 
 
@@ -29,10 +27,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def summarise(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean, sample std and the half-width of the t-distribution confidence interval of the mean."""
-    x = np.asarray(values, dtype=float)
-    mean, std = float(x.mean()), float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / math.sqrt(len(x)))
-    return mean, std, half
+    interval = t_interval(values, confidence)
+    return interval.mean, interval.std, interval.half_width
 
 
 def standard_error_note(accuracy: float, n: int) -> str:

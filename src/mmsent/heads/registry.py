@@ -21,7 +21,7 @@ def register_head(name: str) -> Callable:
 
 
 def _ensure_builtins() -> None:
-    from mmsent.heads import concat, cross_attention, gated, late  # noqa: F401
+    from mmsent.heads import concat, cross_attention, gated, late, linear  # noqa: F401
 
 
 def list_heads() -> dict[str, str]:

@@ -89,3 +89,31 @@ def plot_robustness(rows: list[dict], metric: str, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.suptitle(f"{metric} under perturbation")
     return _save(fig, path)
+
+
+def plot_cv(fold_rows: list[dict], paired: list[dict], scores: list[str], path: Path) -> Path:
+    """Each candidate's fold scores with their mean (top), and the paired differences with their 95% CI (bottom)."""
+    names = list(dict.fromkeys(r["candidate"] for r in fold_rows))
+    rows_of_plots = 2 if paired else 1
+    fig, axes = plt.subplots(rows_of_plots, len(scores), figsize=(3.0 * len(scores), 3.2 * rows_of_plots),
+                             squeeze=False)
+    for ax, score in zip(axes[0], scores, strict=True):
+        for i, name in enumerate(names):
+            values = [r[score] for r in fold_rows if r["candidate"] == name]
+            ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, s=10, alpha=0.6)
+            ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(score.replace("_", " "), fontsize=10)
+    axes[0][0].set_ylabel("held-out fold score")
+    if paired:
+        others = list(dict.fromkeys(r["candidate"] for r in paired))
+        for ax, score in zip(axes[1], scores, strict=True):
+            rows = [next(r for r in paired if r["candidate"] == n and r["score"] == score) for n in others]
+            means = [r["difference"] for r in rows]
+            errors = [[m - r["ci_low"] for m, r in zip(means, rows)], [r["ci_high"] - m for m, r in zip(means, rows)]]
+            ax.errorbar(range(len(others)), means, yerr=errors, fmt="o", capsize=4)
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=8)
+        axes[1][0].set_ylabel(f"difference to {paired[0]['reference']}")
+    fig.suptitle("Cross-validation on train.txt (held-out folds)")
+    return _save(fig, path)

@@ -24,18 +24,32 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_history(history: list[dict], path: Path, best_epoch: int | None = None) -> Path:
-    """Training / validation loss and validation macro-F1 per epoch."""
-    epochs = [h["epoch"] for h in history]
+    """Training / validation loss and validation macro-F1 per epoch; one line per member of an ensemble.
+
+    An ensemble's members early-stop on their own fold of the training split, so their "validation"
+    curves are on those folds, not on the run's validation split.
+    """
+    members = sorted({int(h.get("member", 0)) for h in history})
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (weighted)")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    for m in members:
+        rows = [h for h in history if int(h.get("member", 0)) == m]
+        epochs = [h["epoch"] for h in rows]
+        tag = f" (head {m})" if len(members) > 1 else ""
+        alpha = 1.0 if len(members) == 1 else 0.6
+        ax_loss.plot(epochs, [h["train_loss"] for h in rows], color="tab:blue", alpha=alpha,
+                     label="train (weighted)" if m == members[0] else None)
+        ax_loss.plot(epochs, [h["val_loss"] for h in rows], color="tab:orange", alpha=alpha,
+                     label="early-stopping split" if m == members[0] else None)
+        ax_f1.plot(epochs, [h["val_macro_f1"] for h in rows], color="tab:green", alpha=alpha,
+                   label=f"macro-F1{tag}" if len(members) == 1 or m == members[0] else None)
+        if len(members) == 1:
+            ax_f1.plot(epochs, [h["val_accuracy"] for h in rows], label="accuracy", color="tab:gray", alpha=0.7)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     ax_loss.legend()
-    ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], label="val macro-F1", color="tab:green")
-    ax_f1.plot(epochs, [h["val_accuracy"] for h in history], label="val accuracy", color="tab:gray", alpha=0.7)
-    if best_epoch:
+    if best_epoch and len(members) == 1:
         ax_f1.axvline(best_epoch, color="tab:red", linestyle=":", label=f"best epoch {best_epoch}")
-    ax_f1.set(xlabel="epoch", ylabel="score", title="Validation")
+    title = "Early-stopping split" if len(members) == 1 else f"Each of {len(members)} heads on its own fold"
+    ax_f1.set(xlabel="epoch", ylabel="score", title=title)
     ax_f1.legend()
     return _save(fig, path)
 
@@ -121,3 +135,17 @@ def plot_class_counts(counts: dict[str, int], out: Path | BinaryIO) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_reliability(rows: list[dict], ece: float, path: Path) -> Path:
+    """Accuracy against confidence per bin (a calibrated model lies on the diagonal), with the bins' sizes."""
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.8, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    filled = [r for r in rows if r["n"]]
+    centres = [(r["low"] + r["high"]) / 2 for r in rows]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    ax.plot([r["confidence"] for r in filled], [r["accuracy"] for r in filled], marker="o", label="model")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"Reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    ax_n.bar(centres, [r["n"] for r in rows], width=0.09, color="tab:gray")
+    ax_n.set(xlabel="confidence (top probability)", ylabel="posts")
+    return _save(fig, path)

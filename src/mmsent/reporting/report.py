@@ -52,7 +52,8 @@ KIND_INTROS = {
     "run": "The end-to-end run (train, validate, predict the test list): validation metrics, per-class scores, "
     "confusion matrix, ROC curves, learning curves and configuration.",
 }
-RUN_FIGURES = [("confusion.png", "Confusion matrix"), ("roc.png", "ROC curves"), ("curves.png", "Learning curves")]
+RUN_FIGURES = [("confusion.png", "Confusion matrix"), ("roc.png", "ROC curves"), ("curves.png", "Learning curves"),
+               ("reliability.png", "Reliability diagram")]
 MAX_TABLE_ROWS = 60
 MAX_BAD_CASES = 8
 THUMB_PX = 160
@@ -201,7 +202,8 @@ def manifest_facts(manifest: dict) -> list[tuple[str, str]]:
 
 def run_facts(metrics: dict) -> list[tuple[str, str]]:
     names = [
-        ("n", "validation examples"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+        ("n", "validation examples"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted F1"),
+        ("ece", "expected calibration error"),
         ("macro_precision", "macro precision"), ("macro_recall", "macro recall"),
         ("roc_auc_ovr_macro", "ROC AUC (one vs rest, macro)"), ("best_epoch", "best epoch"),
         ("epochs_run", "epochs run"), ("n_train", "training examples"), ("parameters", "trainable parameters"),

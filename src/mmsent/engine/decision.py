@@ -1,0 +1,109 @@
+"""Decisions tuned for an objective and calibrated probabilities, fitted on out-of-fold predictions.
+
+The classifier's output is (log p + offsets) / temperature: offsets move the decision towards the
+objective (macro-F1 lifts a rare class such as neutral; accuracy favours the frequent one), then one
+temperature makes the resulting probabilities calibrated (lowest negative log-likelihood). Both are
+fitted on predictions of posts the predicting model did not train on, never on the validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import f1_score
+
+OFFSET_GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 4)
+
+
+@dataclass(frozen=True)
+class Decision:
+    offsets: np.ndarray  # (C,), added to log-probabilities
+    temperature: float
+    objective: str
+    fitted_on: int  # out-of-fold predictions used (0: not fitted)
+
+
+def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 3) -> np.ndarray:
+    """Per-class offsets maximising the objective on (y, log p) by coordinate ascent on a fixed grid.
+
+    The first class's offset stays 0 (only differences matter); ties keep the smaller move, so an
+    objective that argmax already serves best leaves the offsets at 0.
+    """
+    n_classes = log_p.shape[1]
+    offsets = np.zeros(n_classes)
+    if objective == "argmax":
+        return offsets
+
+    def score(b: np.ndarray) -> float:
+        pred = (log_p + b).argmax(axis=1)
+        if objective == "accuracy":
+            return float((pred == y).mean())
+        return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
+
+    best = score(offsets)
+    for _ in range(passes):
+        improved = False
+        for c in range(1, n_classes):
+            for value in sorted(OFFSET_GRID, key=abs):
+                trial = offsets.copy()
+                trial[c] = value
+                s = score(trial)
+                if s > best + 1e-12:
+                    best, offsets, improved = s, trial, True
+        if not improved:
+            break
+    return offsets
+
+
+def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of softmax(logits / T)."""
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(y)), y].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def fit_decision(y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bool) -> Decision:
+    """Offsets for the objective, then the temperature, from out-of-fold probabilities (N, C)."""
+    log_p = np.log(np.clip(probs, 1e-12, 1.0))
+    offsets = fit_offsets(y, log_p, objective)
+    temperature = fit_temperature(y, log_p + offsets) if calibrate else 1.0
+    return Decision(offsets, temperature, objective, len(y))
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
+    if len(y) == 0:
+        return float("nan")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
+def reliability(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per confidence bin: its range, posts, mean confidence and accuracy (a reliability diagram's data)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
+                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
+                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
+    return rows

@@ -1,0 +1,32 @@
+"""Linear fusion: the concatenated standardised features, one linear layer (a logistic regression)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmsent.heads.concat import input_block
+from mmsent.heads.registry import register_head
+
+
+@register_head("linear")
+class LinearHead(nn.Module):
+    """Concatenate the modality features, one linear layer; with train.optimizer=lbfgs a logistic regression."""
+
+    def __init__(
+        self,
+        input_dims: dict[str, int],
+        num_classes: int,
+        hidden_dim: int = 256,  # unused: the same signature as every head
+        dropout: float = 0.0,
+        layernorm: bool = False,
+    ):
+        super().__init__()
+        self.modalities = sorted(input_dims)
+        total = sum(input_dims.values())
+        self.inputs = nn.Sequential(*input_block(total, layernorm, dropout))
+        self.linear = nn.Linear(total, num_classes)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
+        return self.linear(self.inputs(fused))  # (B, C)
