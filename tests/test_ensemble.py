@@ -13,7 +13,8 @@ from mmsent.api import load_run
 from mmsent.cli import main
 from mmsent.config import load_config
 from mmsent.data.records import load_dataset
-from mmsent.engine.decision import expected_calibration_error, fit_decision, fit_offsets, fit_temperature
+from mmsent.engine.decision import fit_decision, fit_offsets, fit_temperature
+from mmsent.engine.metrics import expected_calibration_error
 from mmsent.errors import ConfigError
 
 FAST = ["--quiet", "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "train.epochs=8",
@@ -74,3 +75,17 @@ def test_a_cross_fitted_ensemble_is_one_run(dataset: Path, tmp_path: Path):
                  str(dataset / "test_without_label.txt"), "--out", str(out), "--quiet"]) == 0
     tags = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
     assert tags == [("negative", "neutral", "positive")[i] for i in probs.argmax(1)]  # the tag is the top probability
+
+
+def test_accuracy_and_macro_f1_match_scikit_learn():
+    from sklearn.metrics import accuracy_score
+
+    from mmsent.engine.metrics import accuracy_and_macro_f1
+
+    rng = np.random.default_rng(0)
+    for n, classes in [(50, 3), (7, 3), (200, 4)]:
+        y = rng.integers(0, classes, n)
+        pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, 2, n))  # class 2+ sometimes never predicted
+        accuracy, macro_f1 = accuracy_and_macro_f1(y, pred, classes)
+        assert accuracy == pytest.approx(accuracy_score(y, pred))
+        assert macro_f1 == pytest.approx(f1_score(y, pred, labels=list(range(classes)), average="macro", zero_division=0))

@@ -31,9 +31,9 @@ from mmsent.data.records import (
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
-from mmsent.engine.decision import fit_decision, reliability
+from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
-from mmsent.engine.metrics import compute_metrics
+from mmsent.engine.metrics import compute_metrics, reliability
 from mmsent.engine.trainer import (
     EpochCallback,
     FeatureBatches,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from sklearn.metrics import f1_score
+
+from mmsent.engine.metrics import accuracy_and_macro_f1
 
 OFFSET_GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 4)
 
@@ -37,10 +38,8 @@ def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 
         return offsets
 
     def score(b: np.ndarray) -> float:
-        pred = (log_p + b).argmax(axis=1)
-        if objective == "accuracy":
-            return float((pred == y).mean())
-        return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
+        accuracy, macro_f1 = accuracy_and_macro_f1(y, (log_p + b).argmax(axis=1), n_classes)
+        return accuracy if objective == "accuracy" else macro_f1
 
     best = score(offsets)
     for _ in range(passes):
@@ -76,34 +75,3 @@ def fit_decision(y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bo
     offsets = fit_offsets(y, log_p, objective)
     temperature = fit_temperature(y, log_p + offsets) if calibrate else 1.0
     return Decision(offsets, temperature, objective, len(y))
-
-
-def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
-    if len(y) == 0:
-        return float("nan")
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
-
-
-def reliability(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
-    """Per confidence bin: its range, posts, mean confidence and accuracy (a reliability diagram's data)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
-                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
-                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
-    return rows
