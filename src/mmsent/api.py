@@ -371,7 +371,8 @@ def _fit_cross_fitted(
         results.append(fit(member, fit_batches, stop_batches, loss_fn, cfg.train,
                            callbacks=callbacks if index == 0 else None, quiet=quiet))
         oof[stop_idx] = predict_proba(member, stop_batches)[0]
-    decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate)
+    decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate, cfg.train.decision_bootstraps,
+                            cfg.train.seed)
     classifier.set_decision(decision.offsets, decision.temperature)
     history = [{**record, "member": index} for index, r in enumerate(results) for record in r.history]
     merged = FitResult(history, int(np.median([r.best_epoch for r in results])),

@@ -26,7 +26,19 @@ class Decision:
     fitted_on: int  # out-of-fold predictions used (0: not fitted)
 
 
-def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 3) -> np.ndarray:
+def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, bootstraps: int = 0, seed: int = 0) -> np.ndarray:
+    """Per-class offsets for the objective: one fit on (y, log p), or the mean of fits on bootstrap resamples.
+
+    Bagging the fit (Breiman, 1996) steadies offsets whose objective is flat near its best.
+    """
+    if bootstraps == 0 or objective == "argmax":
+        return fit_offsets_once(y, log_p, objective)
+    rng = np.random.default_rng(seed)
+    resamples = (rng.integers(0, len(y), len(y)) for _ in range(bootstraps))
+    return np.mean([fit_offsets_once(y[idx], log_p[idx], objective) for idx in resamples], axis=0)
+
+
+def fit_offsets_once(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 3) -> np.ndarray:
     """Per-class offsets maximising the objective on (y, log p) by coordinate ascent on a fixed grid.
 
     The first class's offset stays 0 (only differences matter); ties keep the smaller move, so an
@@ -69,9 +81,11 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_decision(y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bool) -> Decision:
+def fit_decision(
+    y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bool, bootstraps: int = 0, seed: int = 0
+) -> Decision:
     """Offsets for the objective, then the temperature, from out-of-fold probabilities (N, C)."""
     log_p = np.log(np.clip(probs, 1e-12, 1.0))
-    offsets = fit_offsets(y, log_p, objective)
+    offsets = fit_offsets(y, log_p, objective, bootstraps, seed)
     temperature = fit_temperature(y, log_p + offsets) if calibrate else 1.0
     return Decision(offsets, temperature, objective, len(y))
