@@ -404,7 +404,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
     result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
-                        prune=not args.no_prune, quiet=args.quiet or not args.verbose)
+                        prune=not args.no_prune, quiet=args.quiet or not args.verbose, show_progress=not args.quiet)
     for note in result.dead:
         print(f"dead worker: {note}")
     requeued = f", {result.requeued} failed or yielded point(s) re-queued" if result.requeued else ""
