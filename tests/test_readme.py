@@ -49,3 +49,26 @@ def test_the_check_finds_a_number_without_a_command():
     text = "Intro.\n\nThe model reaches 0.6474 macro-F1.\n\n`mmsent cv --out x` gives 0.6012.\n\n" \
            "`mmsent compare --out y`:\n\n| a | b |\n|---|---|\n| x | 0.7139 |\n\n| c |\n|---|\n| 0.5000 |\n"
     assert unsourced(text) == ["The model reaches 0.6474 macro-F1.", "| c |\n|---|\n| 0.5000 |\n"]
+
+
+def test_readme_results_prints_each_table_with_its_command(tmp_path: Path):
+    """What benchmarks/readme_results.py prints passes the check above: a command, then its table."""
+    import importlib.util
+
+    from mmsent.run_folder import write_manifest
+    from mmsent.tables import write_table
+
+    spec = importlib.util.spec_from_file_location("readme_results", README.parent / "benchmarks" / "readme_results.py")
+    readme_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_results)
+    folder = tmp_path / "variants"
+    write_table([{"variant": "base", "overrides": "(base)", "accuracy": 0.71391, "macro_f1": 0.647412,
+                  "vs_reference": "reference", "train_seconds": 6.52},
+                 {"variant": "wide", "overrides": "model.hidden_dim=512", "accuracy": 0.7, "macro_f1": 0.631,
+                  "delta_macro_f1": -0.016412, "delta_macro_f1_ci": "[-0.0400, +0.0080]",
+                  "vs_reference": "within noise", "train_seconds": 7.1}], folder)
+    write_manifest(folder, "variants", "mmsent variants --data d --out runs/v --variants v.yaml")
+    text = readme_results.experiment_table(folder)
+    assert text.startswith("`mmsent variants --data d --out runs/v --variants v.yaml`")
+    assert "| wide | model.hidden_dim=512 | 0.7000 | 0.6310 | -0.0164 | [-0.0400, +0.0080] | within noise |" in text
+    assert MEASURED.search(text) and unsourced(text) == []
