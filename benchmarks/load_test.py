@@ -5,6 +5,10 @@ Starts the service for --run on a free 127.0.0.1 port (or targets --url, which m
 throughput and latency percentiles, stops the service and exits. It never runs longer than --max-seconds.
 
     python benchmarks/load_test.py --run runs/default --data ../shared/mvsa --clients 4 --requests 200
+
+--compare-views measures what the text-only and image-only views of each answer cost: the same requests
+with and without them (`?views=false`), alternating in --rounds rounds on the same service, and prints
+the ratio of their latencies (a ratio within one run, as timings on a shared machine are noisy).
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ def start_service(run: Path, port: int, wait_s: float) -> subprocess.Popen:
     raise SystemExit(f"the service did not answer within {wait_s:.0f} s")
 
 
-async def load(url: str, posts: list[tuple[bytes, str]], clients: int, requests: int, batch: int, max_s: float) -> dict:
+async def load(url: str, posts: list[tuple[bytes, str]], clients: int, requests: int, batch: int, max_s: float,
+               query: str = "") -> dict:
     """Send `requests` requests from `clients` concurrent workers; latency per request in ms."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
@@ -105,7 +110,7 @@ async def load(url: str, posts: list[tuple[bytes, str]], clients: int, requests:
                 data = {"texts": [t for _, t in chosen]}
             t0 = time.perf_counter()
             try:
-                response = await client.post(url + path, files=files, data=data)
+                response = await client.post(url + path + query, files=files, data=data)
                 key = None if response.status_code == 200 else f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 key = type(exc).__name__
@@ -122,13 +127,31 @@ async def load(url: str, posts: list[tuple[bytes, str]], clients: int, requests:
             stopped = True
         wall = time.perf_counter() - t0
     lat = np.asarray(latencies)
-    return {
+    return {"latencies_ms": latencies} | summary(lat) | {
         "clients": clients, "requests_sent": len(latencies), "batch": batch, "seconds": round(wall, 2),
         "stopped_at_max_seconds": stopped, "errors": errors,
         "requests_per_s": round(len(latencies) / wall, 2), "posts_per_s": round(len(latencies) * batch / wall, 2),
-        "latency_ms": {q: round(float(np.percentile(lat, p)), 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
-        | {"mean": round(float(lat.mean()), 1)},
     }
+
+
+def summary(lat: np.ndarray) -> dict:
+    return {"latency_ms": {q: round(float(np.percentile(lat, p)), 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+            | {"mean": round(float(lat.mean()), 1)}}
+
+
+def compare_views(url: str, posts: list[tuple[bytes, str]], args: argparse.Namespace) -> dict:
+    """The same load with and without the one-side views, alternating round by round; their latency ratio."""
+    modes = {"plain": "?views=false", "views": "?views=true"}
+    latencies: dict[str, list[float]] = {mode: [] for mode in modes}
+    errors: dict[str, int] = {}
+    for _ in range(args.rounds):
+        for mode, query in modes.items():
+            result = asyncio.run(load(url, posts, args.clients, args.requests, args.batch, args.max_seconds, query))
+            latencies[mode] += result["latencies_ms"]
+            errors |= result["errors"]
+    out = {mode: summary(np.asarray(lat)) | {"requests": len(lat)} for mode, lat in latencies.items()}
+    ratio = {q: round(out["views"]["latency_ms"][q] / out["plain"]["latency_ms"][q], 3) for q in ("p50", "mean", "p95")}
+    return out | {"views_over_plain": ratio, "clients": args.clients, "rounds": args.rounds, "errors": errors}
 
 
 def main() -> int:
@@ -143,6 +166,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="requests sent first and not counted")
     parser.add_argument("--max-seconds", type=float, default=300, help="stop the test after this long")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--compare-views", action="store_true",
+                        help="latency with the one-side views against without them (see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --compare-views")
     args = parser.parse_args()
 
     posts = posts_from_data(args.data, 200) if args.data else synthetic_posts(50)
@@ -158,7 +184,11 @@ def main() -> int:
     try:
         if args.warmup:
             asyncio.run(load(url, posts, 1, args.warmup, args.batch, args.max_seconds))
-        result = asyncio.run(load(url, posts, args.clients, args.requests, args.batch, args.max_seconds))
+        if args.compare_views:
+            result = compare_views(url, posts, args)
+        else:
+            result = asyncio.run(load(url, posts, args.clients, args.requests, args.batch, args.max_seconds))
+            result.pop("latencies_ms")
         result["model"] = httpx.get(url + "/health", timeout=10).json().get("model")
     finally:
         if proc is not None:
@@ -168,12 +198,15 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    if args.compare_views:
+        print(f"views / plain latency: p50 {result['views_over_plain']['p50']}, mean {result['views_over_plain']['mean']}")
+        return 1 if result["errors"] else 0
     lat = result["latency_ms"]
     print(f"{result['requests_sent']} requests ({result['batch']} post(s) each) from {result['clients']} clients in "
           f"{result['seconds']} s: {result['requests_per_s']} requests/s, {result['posts_per_s']} posts/s; "
           f"latency p50 {lat['p50']} ms, p95 {lat['p95']} ms; errors: {result['errors'] or 'none'}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
     return 1 if result["errors"] else 0
 
 

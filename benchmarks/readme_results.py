@@ -1,9 +1,12 @@
-"""README tables from `mmsent cv` folders: every number read from the folder, with the command that made it.
+"""README tables from experiment folders: every number read from the folder, with the command that made it.
 
-Usage: python benchmarks/readme_results.py runs/cv-models runs/cv-ablation ...
-Prints, per folder, the command and one Markdown table: each candidate's mean score with its 95%
-interval, and its paired difference to the reference (the first candidate) with interval and verdict.
-Times are left out: candidates run one after another on a shared machine, so theirs are not comparable.
+Usage: python benchmarks/readme_results.py runs/cv-models runs/compare runs/seeds ...
+Prints, per folder, the command and one Markdown table. A `mmsent cv` folder: each candidate's mean
+score with its 95% interval, and its paired difference to the reference (the first candidate) with
+interval and verdict; times are left out (candidates run one after another on a shared machine, so
+theirs are not comparable). Any other experiment (compare, variants, seeds, ablation, robustness,
+search): the key columns the report shows first (with the paired differences where the rows have
+them), numbers formatted as in the report.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mmsent.reporting.report import KEY_COLUMNS, tables_of
 from mmsent.tables import read_table
 
 SCORES = [("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("weighted_f1", "weighted F1"),
@@ -48,11 +52,26 @@ def cv_table(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def experiment_table(folder: Path) -> str:
+    """The command and the key columns of any other experiment folder's results.csv."""
+    manifest = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
+    if manifest.get("kind") == "cv":
+        return cv_table(folder)
+    kind = manifest.get("kind", "")
+    rows = read_table(folder / "results.csv")
+    first = next(iter(rows[0]))
+    present = {c for r in rows for c, v in r.items() if v not in ("", None)}
+    keep = [first, *(c for c in KEY_COLUMNS.get(kind, rows[0]) if c != first and c in present)]
+    table = tables_of([{c: r.get(c, "") for c in keep} for r in rows], "Results", "results.csv", kind)[0]
+    note = f" ({table.total} rows; the first {len(table.rows)} shown)" if table.total > len(table.rows) else ""
+    return f"`{manifest['command']}`{note}\n\n{table.markdown()}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", type=Path, nargs="+", help="folders written by `mmsent cv`")
+    parser.add_argument("folders", type=Path, nargs="+", help="experiment folders (mmsent cv, compare, seeds, ...)")
     args = parser.parse_args()
-    print("\n".join(cv_table(folder) for folder in args.folders))
+    print("\n".join(experiment_table(folder) for folder in args.folders))
 
 
 if __name__ == "__main__":

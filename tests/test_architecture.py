@@ -13,9 +13,9 @@ SRC = Path(mmsent.__file__).parent
 LAYERS = [
     ("mmsent.reporting.plots", 0), ("mmsent.reporting.experiment_plots", 0), ("mmsent.reporting.error_plots", 0),
     ("mmsent.errors", 0), ("mmsent.files", 0), ("mmsent.config", 0), ("mmsent.tables", 0), ("mmsent.presets", 0),
-    ("mmsent.stats", 0),
+    ("mmsent.stats", 0), ("mmsent.progress", 0),
     ("mmsent.data", 1),
-    ("mmsent.run_folder", 2),
+    ("mmsent.run_folder", 2), ("mmsent.heldout", 2),
     ("mmsent.encoders", 3), ("mmsent.heads", 3),
     ("mmsent.model", 4), ("mmsent.engine", 4), ("mmsent.factory", 4),
     ("mmsent.api", 5),
@@ -25,6 +25,7 @@ LAYERS = [
 ]
 RUN_FILES = [run_folder.CONFIG_FILE, run_folder.WEIGHTS_FILE, run_folder.SPEC_FILE, run_folder.ENCODERS_FILE,
              run_folder.METRICS_FILE, run_folder.HISTORY_FILE, run_folder.SPLIT_FILE, run_folder.VAL_PREDICTIONS_FILE,
+             run_folder.VAL_LIST_FILE,
              run_folder.SKIPPED_FILE, run_folder.MANIFEST_FILE, run_folder.MARKER_FILE, run_folder.ERROR_FILE,
              run_folder.PREDICTIONS_FILE]
 # the same names meaning other files

@@ -213,9 +213,16 @@ def test_compare_tabulates_presets_and_reports_missing_weights(dataset: Path, tm
     assert rows[3]["status"].startswith("weights missing") and "/nope.pth" in rows[3]["status"]
     assert "/nope.pth" in (out / "runs" / "tiny_missing" / "error.txt").read_text()
     assert float(rows[1]["params_m"]) < float(rows[0]["params_m"])
-    for fig in ("metrics.png", "val_curves.png", "params_vs_time.png", "results.md"):
+    for fig in ("metrics.png", "val_curves.png", "time_vs_score.png", "results.md"):
         assert (out / fig).is_file()
     assert read_manifest(out)["kind"] == "compare"
+    # each trained row against the first, on the same validation posts; the failed row has nothing to compare
+    assert rows[0]["vs_reference"] == "reference" and rows[3]["vs_reference"] == ""
+    for row in rows[1:3]:
+        low, high = (float(x) for x in row["delta_macro_f1_ci"].strip("[]").split(","))
+        assert low <= float(row["delta_macro_f1"]) <= high
+        assert row["vs_reference"] == "within noise" or "macro-F1" in row["vs_reference"] or "accuracy" in row["vs_reference"]
+    assert "paired bootstrap" in (out / "results.md").read_text() and rows[0]["encode_cache"] in ("cold", "partly cached")
 
 
 @pytest.mark.parametrize("mode", ["frozen", "finetune"])

@@ -151,6 +151,17 @@ def test_variants_side_by_side(dataset, tmp_path):
     splits = [json.loads((out / "variants" / n / "split.json").read_text()) for n in ("base", "ln", "wide")]
     assert splits[0] == splits[1] == splits[2]  # the same split for every variant
     assert (out / "variants.png").is_file() and read_manifest(out)["kind"] == "variants"
+    # every variant against the first on the same validation posts, with a paired bootstrap interval
+    assert rows[0]["vs_reference"] == "reference"
+    for row in rows[1:]:
+        for score in ("macro_f1", "accuracy"):
+            low, high = (float(x) for x in row[f"delta_{score}_ci"].strip("[]").split(","))
+            delta = float(row[f"delta_{score}"])
+            assert low <= delta <= high
+            assert delta == pytest.approx(float(row[score]) - float(rows[0][score]), abs=1e-4)
+        assert row["vs_reference"]
+    assert "2,000 resamples" in read_manifest(out)["significance"]
+    assert "paired bootstrap" in (out / "results.md").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text("x: {model.nope: 1}\n")
     assert main(["variants", "--data", str(dataset), "--out", str(out), "--variants", str(bad), *TINY]) == 2
@@ -186,11 +197,16 @@ def test_robustness_clean_equals_evaluate_and_perturbations_are_tabulated(traine
     data, run = trained_run
     out = tmp_path / "robust"
     assert main(["robustness", "--run", str(run), "--data", str(data), "--out", str(out), "--quiet",
-                 "--perturbations", "noise,typos,hashtags", "--levels", "noise=40",
+                 "--perturbations", "noise,jpeg,typos,hashtags", "--levels", "noise=40", "--levels", "jpeg=5,50",
                  "--levels", "typos=0.3", "--levels", "hashtags=1"]) == 0
     rows = read_table(out / "results.csv")
+    # levels mild to harsh: a lower JPEG quality is harsher
     assert [(r["perturbation"], float(r["level"])) for r in rows] == [
-        ("clean", 0.0), ("noise", 40.0), ("typos", 0.3), ("hashtags", 1.0)]
+        ("clean", 0.0), ("noise", 40.0), ("jpeg", 50.0), ("jpeg", 5.0), ("typos", 0.3), ("hashtags", 1.0)]
+    for r in rows[1:]:
+        low, high = (float(x) for x in r["drop_macro_f1_ci"].strip("[]").split(","))
+        assert low <= float(r["drop_macro_f1"]) <= high and r["vs_clean"] in ("better", "worse", "within noise")
+    assert 0 < read_manifest(out)["clean_macro_f1_se"] < 0.5
     plain = evaluate(run, data, _val_labels(data, run, tmp_path / "val.txt"), quiet=True)
     assert float(rows[0]["accuracy"]) == pytest.approx(plain["accuracy"], abs=1e-4)
     assert float(rows[0]["macro_f1"]) == pytest.approx(plain["macro_f1"], abs=1e-4)
@@ -215,6 +231,10 @@ def test_ablation_rows_blanked_and_retrained(trained_run, tmp_path):
     assert load_config(out / "retrain-image" / "config.yaml").model.encoders == ["efficientnet_lite0"]
     assert json.loads((out / "retrain-text" / "split.json").read_text()) == json.loads((run / "split.json").read_text())
     assert (out / "ablation.png").is_file() and read_manifest(out)["kind"] == "ablation"
+    # each setting against both modalities, paired on the same validation posts
+    assert rows[0]["vs_reference"] == "reference" and all(r["delta_macro_f1_ci"].startswith("[") for r in rows[1:])
+    for r in rows[1:]:
+        assert float(r["delta_macro_f1"]) == pytest.approx(float(r["macro_f1"]) - float(rows[0]["macro_f1"]), abs=1e-4)
 
 
 def test_ablation_needs_two_modalities(dataset, tmp_path):

@@ -7,16 +7,23 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from mmsent.cli import main
 from mmsent.data.check import check_dataset
+from mmsent.reporting.formatting import number
 from mmsent.run_folder import write_manifest
-from mmsent.tables import write_table
+from mmsent.tables import read_table, write_table
 
 
 def figure(path: Path, colour=(200, 60, 60)) -> None:
     Image.new("RGB", (40, 30), colour).save(path, format="PNG")
+
+
+def case_cards(html: str) -> list[str]:
+    """The bad-case cards of a report page, each up to the end of its guid line."""
+    return [part.split('<p class="text">')[0] for part in html.split('<div class="case">')[1:]]
 
 
 def make_experiments(root: Path, data: Path) -> dict[str, Path]:
@@ -102,3 +109,62 @@ def test_report_without_any_run_is_an_error(tmp_path: Path, capsys):
     assert main(["report", "--runs", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")]) == 2
     assert "no run or experiment folder" in capsys.readouterr().err
     assert main(["report", "--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 2
+
+
+def test_report_from_real_folders_shows_every_bad_case_image_most_confident_first(tmp_path: Path, monkeypatch):
+    """Folders written by the commands themselves, the data folder given relative to where they ran."""
+    from conftest import make_dataset
+
+    work = tmp_path / "work"
+    make_dataset(work / "ds", per_class=14)
+    monkeypatch.chdir(work)  # the commands run here with --data ds, as a user would
+    fast = ["--set", "model.encoders=[vader]", "--set", "train.epochs=4", "--set", "train.ensemble=3", "--quiet"]
+    assert main(["train", "--data", "ds", "--out", "runs/base", *fast]) == 0
+    assert main(["badcases", "--run", "runs/base", "--data", "ds", "--out", "runs/bad", "--folds", "3", "--quiet"]) == 0
+    assert main(["seeds", "--data", "ds", "--out", "runs/seeds", "--seeds", "1,2", *fast]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the report is built from another folder
+    out = tmp_path / "report" / "report.html"
+    assert main(["report", "--runs", str(work / "runs"), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+
+    cards = case_cards(html)
+    mistakes = read_table(work / "runs" / "bad" / "bad_cases.csv")
+    assert cards and len(cards) == min(len(mistakes), 8)
+    for card in cards:
+        assert re.search(r'<img src="data:image/jpeg;base64,', card) and 'class="missing"' not in card
+    shown = [float(c) for c in re.findall(r"predicted \w+ \((\d\.\d+)\)", html)]
+    assert len(shown) == len(cards) and shown == sorted(shown, reverse=True)
+    assert shown[0] == pytest.approx(max(float(r["confidence"]) for r in mistakes), abs=5e-5)
+
+    # formatted numbers: mean ± std and [a, b] for the seeds, no raw JSON, both parameter counts
+    assert "mean ± std" in html and re.search(r"\d\.\d{4} ± \d\.\d{4}", html)
+    assert not re.search(r"<dd>\{", html) and not re.search(r"\d\.\d{9}", html)
+    metrics = json.loads((work / "runs" / "base" / "metrics.json").read_text())
+    assert f"<dt>parameters (total)</dt><dd>{number(metrics['parameters'])}</dd>" in html
+    assert f"<dt>trainable parameters</dt><dd>{number(metrics['trainable_parameters'])}</dd>" in html
+    # no table wider than the page allows: wide ones are split, their first column in each part
+    for head in re.findall(r"<thead><tr>(.*?)</tr></thead>", html):
+        assert head.count("<th>") <= 8
+
+
+def test_a_missing_case_image_says_so_and_relative_paths_resolve_from_the_data_folder(trained_run, tmp_path: Path):
+    data, _ = trained_run
+    bad = tmp_path / "exps" / "bad"
+    write_table([{"kind": "x", "count": 1}], bad)
+    write_manifest(bad, "badcases", "mmsent badcases ...", data=str(data))
+    with (bad / "bad_cases.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["guid", "tag", "pred", "confidence", "text", "image_path"])
+        writer.writerow(["140", "negative", "positive", "0.62", "relative to the data folder", "data/140.jpg"])
+        writer.writerow(["101", "positive", "negative", "0.95", "an old, cwd-relative path", "../elsewhere/data/101.jpg"])
+        writer.writerow(["999", "neutral", "positive", "0.70", "gone", "data/999.jpg"])
+    out = tmp_path / "r.html"
+    assert main(["report", "--runs", str(tmp_path / "exps"), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    cards = case_cards(html)
+    assert [re.search(r"guid (\d+)", c).group(1) for c in cards] == ["101", "999", "140"]  # by confidence
+    assert "<img" in cards[0] and "<img" in cards[2]  # found by its guid in the data folder; relative to it
+    assert "<img" not in cards[1] and "image not found" in cards[1] and str(data / "data" / "999.jpg") in cards[1]
+    assert "image not found" in out.with_suffix(".md").read_text(encoding="utf-8")

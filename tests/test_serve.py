@@ -135,15 +135,13 @@ def test_web_page_and_its_files_are_served(client: TestClient):
 @pytest.mark.parametrize(
     "case, status, words",
     [
-        ("no image", 422, ["image: is missing or empty"]),
+        ("neither image nor text", 422, ["send an image, a text, or both"]),
         ("empty image", 400, ["empty"]),
         ("not an image", 400, ["not an image format"]),
         ("truncated image", 400, ["cannot be decoded"]),
         ("too large", 413, ["over the limit"]),
         ("decompression bomb", 400, ["decompression bomb"]),
         ("costly to decode", 400, ["2000x1900 pixels (L)", "decoding it takes 18 MiB", "over the limit of 8 MiB"]),
-        ("no text", 422, ["text: is missing or empty"]),
-        ("empty text", 422, ["text: is missing or empty"]),
         ("blank text", 400, ["empty"]),
         ("over-long text", 400, ["over the limit"]),
         ("text part as image", 415, ["not an image type"]),
@@ -152,7 +150,7 @@ def test_web_page_and_its_files_are_served(client: TestClient):
 def test_bad_input_is_a_4xx_json_error(client: TestClient, case: str, status: int, words: list[str]):
     good = jpeg()
     requests = {
-        "no image": lambda: post(client, None),
+        "neither image nor text": lambda: post(client, None, None),
         "empty image": lambda: post(client, b""),
         "not an image": lambda: post(client, b"%PDF-1.4 this is not an image at all"),
         "truncated image": lambda: post(client, good[: len(good) // 3]),
@@ -160,13 +158,56 @@ def test_bad_input_is_a_4xx_json_error(client: TestClient, case: str, status: in
         "decompression bomb": lambda: post(client, png_bomb(), name="bomb.png", kind="image/png"),
         # 3.8 Mpx is under the pixel limit, but greyscale decoded then converted to RGB takes 5 bytes a pixel
         "costly to decode": lambda: post(client, png_bomb(2000, 1900), name="big.png", kind="image/png"),
-        "no text": lambda: post(client, good, None),
-        "empty text": lambda: post(client, good, ""),
         "blank text": lambda: post(client, good, "   \n  "),
         "over-long text": lambda: post(client, good, "a" * 201),
         "text part as image": lambda: post(client, b"hello", name="a.txt", kind="text/plain"),
     }
     assert_error(requests[case](), status, *words)
+
+
+def test_each_side_alone_and_the_views_that_explain_the_answer(client: TestClient, tiny_run: Path):
+    from mmsent.api import load_run
+    from mmsent.data.records import Record
+
+    run = load_run(tiny_run)
+    image, text = jpeg("negative", 5), "so happy today, love it"
+
+    def library(drop: set[str]) -> list[float]:
+        record = Record("x", None, text, Path("<upload>"), image_bytes=image)
+        return run.predict_proba([record], quiet=True, drop=frozenset(drop), use_cache=False)[0].tolist()
+
+    both = post(client, image, text).json()
+    assert both["inputs"] == ["text", "image"] and set(both["views"]) == {"text", "image"}
+    for side, blanked in (("text", {"image"}), ("image", {"text"})):  # the other side blanked, as ablate does
+        view = both["views"][side]
+        assert [view["probabilities"][lab] for lab in LABELS] == pytest.approx(library(blanked), abs=1e-5)
+        assert view["tag"] == max(view["probabilities"], key=view["probabilities"].get)
+    assert both["explanation"].startswith(f"The text is {both['views']['text']['tag']}, "
+                                          f"the image is {both['views']['image']['tag']}")
+
+    text_only = post(client, None, text)  # no image part at all: a text-only post
+    assert text_only.status_code == 200, text_only.text
+    body = text_only.json()
+    assert body["inputs"] == ["text"] and body["views"] == {}
+    assert [body["probabilities"][lab] for lab in LABELS] == pytest.approx(library({"image"}), abs=1e-5)
+    assert body["probabilities"] == both["views"]["text"]["probabilities"]
+    assert "no image was sent" in body["explanation"] and "not trained with a side missing" in body["explanation"]
+
+    for image_only in (post(client, image, None), post(client, image, "")):  # no text field, or an empty one
+        assert image_only.status_code == 200, image_only.text
+        body = image_only.json()
+        assert body["inputs"] == ["image"] and body["probabilities"] == both["views"]["image"]["probabilities"]
+        assert "no text was sent" in body["explanation"]
+
+    plain = client.post("/predict?views=false", files={"image": ("a.jpg", image, "image/jpeg")}, data={"text": text})
+    assert plain.json()["views"] == {} and plain.json()["probabilities"] == both["probabilities"]
+
+
+def test_favicon(client: TestClient):
+    assert 'rel="icon"' in client.get("/").text
+    for path in ("/favicon.ico", "/static/favicon.svg"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_wrong_request_content_type_is_415(client: TestClient):
@@ -262,6 +303,9 @@ def test_web_page_in_chromium(live_service: str, tmp_path: Path):
                 ".bar-row", "rows => rows.map(r => [r.dataset.label, r.querySelector('.bar-value').textContent,"
                 " r.querySelector('.bar-fill').style.width])")
             thumb_width = page.eval_on_selector("#thumb", "img => img.hidden ? 0 : img.naturalWidth")
+            views = page.eval_on_selector_all(".view-row", "rows => rows.map(r => [r.dataset.side, r.dataset.tag,"
+                                              " r.querySelectorAll('.bar-fill').length])")
+            explanation = page.text_content("#explanation")
             page.wait_for_function("document.getElementById('model-name').textContent.length > 0")
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         finally:
@@ -273,6 +317,9 @@ def test_web_page_in_chromium(live_service: str, tmp_path: Path):
         assert value == f"{100 * expected['probabilities'][label]:.1f}%"
         assert float(width.rstrip("%")) == pytest.approx(float(value.rstrip("%")))  # bar length = probability
     assert thumb_width == 128  # the thumbnail shows the chosen image
+    # the two one-side views: a small bar of three classes each, and the sentence saying which side drove it
+    assert views == [[side, expected["views"][side]["tag"], 3] for side in ("text", "image")]
+    assert explanation == expected["explanation"] and explanation.startswith("The text is ")
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
@@ -393,7 +440,9 @@ def text_only_client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
 
 def test_a_text_only_run_still_checks_images(text_only_client: TestClient):
     good = jpeg()
-    assert post(text_only_client, good, "so happy").status_code == 200
+    answer = post(text_only_client, good, "so happy").json()
+    assert answer["inputs"] == ["text"] and answer["views"] == {}  # the image is checked, not read
+    assert_error(post(text_only_client, good, None), 422, "this model reads text only; send the post's text")
     assert_error(post(text_only_client, good[: len(good) // 3]), 400, "cannot be decoded")
     assert_error(post(text_only_client, png_bomb(2000, 1900), name="big.png"), 400, "over the limit of 8 MiB")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsent import LABELS
+from mmsent import LABELS, heldout
 from mmsent.config import Config
 from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
@@ -26,6 +26,7 @@ from mmsent.data.records import (
     load_dataset,
     load_records,
     raise_on_problems,
+    records_for_guids,
     require_data_dir,
 )
 from mmsent.data.splits import stratified_folds, stratified_split
@@ -306,6 +307,7 @@ def _write_run(
     writer.write_split(split)
     writer.write_history(result.history)
     writer.write_val_predictions(probability_rows(val_records, probs))
+    writer.write_val_list([(r.guid, r.tag) for r in val_records])
     write_run_plots(writer.plots_dir, result.history, result.best_epoch, encode_labels(val_records), probs, metrics)
     writer.write_manifest(origin or RunOrigin(), data=str(Path(data_dir).resolve()),
                           validation={k: metrics[k] for k in ("accuracy", "macro_f1")})
@@ -369,7 +371,7 @@ def _fit_cross_fitted(
                                      shuffle=True, seed=cfg.train.seed + index)
         stop_batches = FeatureBatches(_subset(train_feats, stop_idx), y_train[stop_idx], 1024, shuffle=False)
         results.append(fit(member, fit_batches, stop_batches, loss_fn, cfg.train,
-                           callbacks=callbacks if index == 0 else None, quiet=quiet))
+                           callbacks=callbacks if index == 0 else None, quiet=quiet, desc=f"train head {index + 1}/{k}"))
         oof[stop_idx] = predict_proba(member, stop_batches)[0]
     decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate, cfg.train.decision_bootstraps,
                             cfg.train.seed)
@@ -465,6 +467,25 @@ class LoadedRun:
             self.classifier.drop_modalities = frozenset()
         return probs
 
+    def predict_blanked(self, feats: dict[str, np.ndarray], drops: list[frozenset[str]]) -> list[np.ndarray]:
+        """predict_features(feats, drop) for each drop in drops, in one pass of the head over the stacked features.
+
+        A blanked modality's features are set to their training mean, which standardises to exactly 0, as
+        drop_modalities does; one pass instead of one per drop keeps a request's extra views cheap.
+        """
+        n = len(next(iter(feats.values())))
+        modality_of = self.classifier.encoder_modalities
+        stacked = {
+            name: np.concatenate([
+                np.broadcast_to(self.classifier.training_mean(name), values.shape)
+                if modality_of.get(name) in drop else values  # masks ("name.mask") are kept as they are
+                for drop in drops
+            ])
+            for name, values in feats.items()
+        }
+        probs = self.predict_features(stacked)
+        return [probs[k * n:(k + 1) * n] for k in range(len(drops))]
+
     def predict_proba(
         self, records: list[Record], quiet: bool = False, drop: frozenset[str] = frozenset(), use_cache: bool = True
     ) -> np.ndarray:
@@ -539,29 +560,46 @@ def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = F
     return np.mean([run.predict_proba(records, quiet) for run in runs], axis=0, dtype=np.float64).astype(np.float32)
 
 
-def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, quiet: bool = False, on_error: str = "fail") -> dict:
-    """Metrics of a trained run on the labelled guids of labels_file."""
+def evaluate(
+    run_dir: Path | Sequence[Path], data_dir: Path | None, labels_file: Path | None, quiet: bool = False,
+    on_error: str = "fail", split: str | None = None,
+) -> dict:
+    """Metrics of a trained run on the labelled guids of labels_file, or of one of its own splits (`split="val"`).
+
+    data_dir None: the data folder the (first) run recorded. The metrics say how many of the labelled
+    guids the runs trained on (`in_training`): those scores are not held out.
+    """
     runs = load_runs(run_dir)
-    records, problems = _load_list(data_dir, labels_file, True, on_error, runs[0].cfg.data.max_image_pixels)
+    run_dirs = [r.run_dir for r in runs]
+    data_dir = data_dir if data_dir is not None else heldout.recorded_data_dir(run_dirs[0])
+    if split is not None:
+        guids = heldout.split_guids(run_dirs[0], split)
+        records, problems = records_for_guids(data_dir, guids, runs[0].cfg.data.max_image_pixels), []
+    elif labels_file is not None:
+        records, problems = _load_list(data_dir, labels_file, True, on_error, runs[0].cfg.data.max_image_pixels)
+    else:
+        raise MmsentError("give a label file (--labels FILE) or one of the run's splits (--split val)")
     if not records:
         raise MmsentError(f"{labels_file}: no labelled guid to evaluate")
     probs = ensemble_proba(runs, records, quiet)
     metrics = compute_metrics(encode_labels(records), probs)
+    metrics["in_training"] = {"guids": len(heldout.trained_on(run_dirs, [r.guid for r in records])), "of": len(records)}
     if problems:
         metrics["skipped"] = [p.line() for p in problems]
     return metrics
 
 
 def predict(
-    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail",
+    proba: bool = False,
 ) -> list[tuple[str, str]]:
-    """Write `guid,tag` for every guid of guids_file, in its order, atomically."""
+    """Write `guid,tag` for every guid of guids_file, in its order, atomically; proba adds a `p_LABEL` column per class."""
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
     runs = load_runs(run_dir)
     records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
-    write_label_file(out_file, rows)
+    write_label_file(out_file, rows, {f"p_{lab}": probs[:, k] for k, lab in enumerate(LABELS)} if proba else None)
     if problems:
         skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
         atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))

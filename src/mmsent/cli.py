@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a run on a labelled guid list, as JSON")
     p.add_argument("--run", type=Path, required=True, action="append",
                    help="run folder; repeat it to evaluate the ensemble (mean class probabilities)")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--labels", type=Path, required=True, help="'guid,tag' file with true tags")
+    p.add_argument("--data", type=Path, help="data set folder (default: the one the run was trained on)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--labels", type=Path, help="'guid,tag' file with true tags (more columns are ignored)")
+    labels.add_argument("--split", choices=["val"], help="the run's own validation split (posts it never trained on)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     _add_common(p)
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--proba", action="store_true", help="add one probability column per class (p_negative, ...)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     _add_common(p)
 
@@ -261,18 +264,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmsent.api import evaluate
+    from mmsent.heldout import overlap_warning
 
-    metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error)
+    metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error, split=args.split)
     if len(args.run) > 1:
         metrics["ensemble_of"] = [str(r) for r in args.run]
     print(json.dumps(metrics, indent=2))
+    if warning := overlap_warning(metrics["in_training"], args.run):
+        print(f"mmsent: warning: {warning}", file=sys.stderr)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mmsent.api import predict
 
-    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
+    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, proba=args.proba)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
     print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
     return 0
@@ -398,7 +404,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
     result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
-                        prune=not args.no_prune, quiet=args.quiet or not args.verbose)
+                        prune=not args.no_prune, quiet=args.quiet or not args.verbose, show_progress=not args.quiet)
     for note in result.dead:
         print(f"dead worker: {note}")
     requeued = f", {result.requeued} failed or yielded point(s) re-queued" if result.requeued else ""

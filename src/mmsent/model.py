@@ -74,6 +74,10 @@ class FusionClassifier(nn.Module):
             std = np.where(std < 1e-6, 1.0, std) / self.feature_scale.get(name, 1.0)
             getattr(self, f"std_{name}").copy_(torch.from_numpy(std.astype(np.float32)))
 
+    def training_mean(self, name: str) -> np.ndarray:
+        """An encoder's training mean (D,): features equal to it standardise to 0, i.e. are blanked."""
+        return getattr(self, f"mean_{name}").detach().cpu().numpy()
+
     def group_by_modality(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised.
 

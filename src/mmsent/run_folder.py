@@ -41,6 +41,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.json"
 VAL_PREDICTIONS_FILE = "val_predictions.csv"
+VAL_LIST_FILE = "val.txt"  # the validation split as a `guid,tag` label list
 SKIPPED_FILE = "skipped.json"
 PREDICTIONS_FILE = "predictions.txt"
 PLOTS_DIR = "plots"
@@ -212,6 +213,25 @@ class RunFolder:
     def config_text(self) -> str:
         return self.read_bytes(CONFIG_FILE).decode("utf-8")
 
+    @property
+    def data_dir(self) -> Path | None:
+        """The data set folder the run was trained on, as its manifest recorded it (absolute)."""
+        value = self.manifest().get("data")
+        return Path(value) if value else None
+
+    def val_prediction_rows(self) -> list[dict[str, str]]:
+        """guid, tag, pred and each class probability of the validation posts, verified against the marker."""
+        import csv
+        import io
+
+        text = self.read_bytes(VAL_PREDICTIONS_FILE).decode("utf-8")
+        return list(csv.DictReader(io.StringIO(text)))
+
+    @property
+    def val_list(self) -> Path | None:
+        """The validation split as a `guid,tag` file (runs written before it existed have none)."""
+        return self.path / VAL_LIST_FILE if self.has(VAL_LIST_FILE) else None
+
     def plot(self, name: str) -> Path | None:
         path = self.path / PLOTS_DIR / name
         return path if path.is_file() else None
@@ -307,6 +327,10 @@ class RunWriter:
 
     def write_val_predictions(self, rows: list[dict]) -> None:
         self._write_text(VAL_PREDICTIONS_FILE, csv_text(rows))
+
+    def write_val_list(self, rows: list[tuple[str, str]]) -> None:
+        """The validation split as `guid,tag`: a label file for `mmsent evaluate --labels`."""
+        self._write_text(VAL_LIST_FILE, label_file_text(rows))
 
     def write_predictions(self, rows: list[tuple[str, str]]) -> Path:
         return self._write_text(PREDICTIONS_FILE, label_file_text(rows))

@@ -40,13 +40,15 @@ def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
     return buf.getvalue()
 
 
-def write_table(rows: list[dict], out_dir: Path, name: str = "results", columns: list[str] | None = None) -> tuple[Path, Path]:
-    """Write rows as name.csv and name.md in out_dir, each replaced atomically."""
+def write_table(
+    rows: list[dict], out_dir: Path, name: str = "results", columns: list[str] | None = None, note: str | None = None
+) -> tuple[Path, Path]:
+    """Write rows as name.csv and name.md in out_dir, each replaced atomically; a note follows the Markdown table."""
     out_dir = Path(out_dir)
     columns = columns or table_columns(rows)
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     atomic_write_text(csv_path, csv_text(rows, columns))
-    atomic_write_text(md_path, markdown_table(rows, columns))
+    atomic_write_text(md_path, markdown_table(rows, columns) + (f"\n{note}\n" if note else ""))
     return csv_path, md_path
 
 

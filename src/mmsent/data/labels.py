@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,14 +36,16 @@ def read_label_file(path: Path, labelled: bool) -> tuple[list[LabelEntry], list[
     if not rows:
         return [], [Problem(None, str(path), "label file is empty; expected a 'guid,tag' header")]
     header = tuple(cell.strip().lower() for cell in rows[0])
-    if header != HEADER:
+    # more columns after guid,tag are ignored: a run's val_predictions.csv is a label file too
+    if header[:2] != HEADER:
         found = ",".join(rows[0])
         return [], [Problem(None, str(path), f"first line must be the header 'guid,tag', found {found!r}")]
     entries: list[LabelEntry] = []
     seen: set[str] = set()
     for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != 2 or not row[0].strip():
-            problems.append(Problem(None, f"{path}:{lineno}", f"expected 'guid,tag', found {','.join(row)!r}"))
+        if len(row) != len(header) or not row[0].strip():
+            expected = ",".join(rows[0])
+            problems.append(Problem(None, f"{path}:{lineno}", f"expected {expected!r}, found {','.join(row)!r}"))
             continue
         guid, tag = row[0].strip(), row[1].strip().lower()
         if guid in seen:
@@ -59,11 +62,14 @@ def read_label_file(path: Path, labelled: bool) -> tuple[list[LabelEntry], list[
     return entries, problems
 
 
-def label_file_text(rows: list[tuple[str, str]]) -> str:
-    """`guid,tag` rows with their header, as the lists of a data set folder hold them."""
-    return "guid,tag\n" + "".join(f"{guid},{tag}\n" for guid, tag in rows)
+def label_file_text(rows: list[tuple[str, str]], columns: Mapping[str, Sequence[float]] | None = None) -> str:
+    """`guid,tag` rows with their header, as the lists of a data set folder hold them; columns add numbers after the tag."""
+    columns = columns or {}
+    header = ",".join(["guid", "tag", *columns])
+    lines = [",".join([guid, tag, *(f"{float(v[i]):.6f}" for v in columns.values())]) for i, (guid, tag) in enumerate(rows)]
+    return header + "\n" + "".join(line + "\n" for line in lines)
 
 
-def write_label_file(path: Path, rows: list[tuple[str, str]]) -> None:
-    """Write `guid,tag` rows atomically (a temp file in the same folder, then a rename), mode as for any new file."""
-    atomic_write_text(Path(path), label_file_text(rows))
+def write_label_file(path: Path, rows: list[tuple[str, str]], columns: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Write `guid,tag` rows (and columns) atomically (a temp file in the same folder, then a rename)."""
+    atomic_write_text(Path(path), label_file_text(rows, columns))

@@ -56,11 +56,16 @@ def require_data_dir(root: Path) -> Path:
     return root
 
 
+def image_file(root: Path, guid: str) -> Path:
+    """Where a data set folder keeps a post's image."""
+    return Path(root) / "data" / f"{guid}.jpg"
+
+
 def load_record(root: Path, entry: LabelEntry, max_pixels: int) -> tuple[Record | None, list[Problem]]:
     """Read one guid's text and check its image; return the record or the problems found."""
     problems: list[Problem] = []
     text_path = root / "data" / f"{entry.guid}.txt"
-    image_path = root / "data" / f"{entry.guid}.jpg"
+    image_path = image_file(root, entry.guid)
     text, fallback = "", False
     try:
         text, fallback = decode_text(text_path.read_bytes())

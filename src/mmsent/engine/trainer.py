@@ -142,6 +142,7 @@ def fit(
     callbacks: list[EpochCallback] | None = None,
     quiet: bool = False,
     accelerator=None,
+    desc: str = "train",
 ) -> FitResult:
     """Train with AdamW (or full-batch L-BFGS) until `epochs` or `patience` epochs without a better validation macro-F1.
 
@@ -170,7 +171,7 @@ def fit(
     best_score, best_epoch, best_state = -1.0, 0, snapshot(model)
     start = time.perf_counter()
     stopped_early = False
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=quiet, unit="epoch")
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=quiet, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()

@@ -21,6 +21,7 @@ from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.data.text import text_attributes
 from mmsent.engine.metrics import compute_metrics
 from mmsent.errors import MmsentError
+from mmsent.progress import Progress
 from mmsent.run_folder import RunFolder, RunOrigin, experiment_folder, write_manifest
 from mmsent.tables import write_table
 
@@ -83,22 +84,23 @@ def out_of_fold_proba(
     probs = np.zeros((len(records), len(LABELS)), dtype=np.float32)
     fold_of = np.full(len(records), -1, dtype=np.int64)
     seconds = []
-    for fold, (fit_idx, out_idx) in enumerate(stratified_folds(tags, k, seed, duplicate_groups(records))):
-        t0 = time.perf_counter()
-        held_out = [records[i] for i in out_idx]
-        fit_part, stop_part = inner_split([records[i] for i in fit_idx], cfg, seed + fold)
-        # the fold model neither trains nor early-stops on what it will judge, nor on validation / test
-        leaks = find_leaks(fit_part + stop_part, {"held-out fold": [r.guid for r in held_out], "run's held-out data": forbidden})
-        if leaks:
-            raise LeakError("out-of-fold mining would leak:\n  " + "\n  ".join(leaks[:20]))
-        result = train(data_dir, folds_dir / f"fold{fold}", cfg, quiet=True, dataset=dataset, split=(fit_part, stop_part),
-                       overwrite=True, origin=RunOrigin(f"mmsent badcases fold {fold + 1}/{k}"))
-        probs[out_idx] = result.model.predict_proba(held_out, quiet=True)
-        fold_of[out_idx] = fold
-        seconds.append(time.perf_counter() - t0)
-        if not quiet:
-            print(f"fold {fold + 1}/{k}: trained on {len(fit_part)} (+{len(stop_part)} for early stopping), "
-                  f"predicted {len(held_out)} in {seconds[-1]:.1f} s")
+    with Progress("fold", k, quiet) as progress:
+        for fold, (fit_idx, out_idx) in enumerate(stratified_folds(tags, k, seed, duplicate_groups(records))):
+            t0 = time.perf_counter()
+            held_out = [records[i] for i in out_idx]
+            fit_part, stop_part = inner_split([records[i] for i in fit_idx], cfg, seed + fold)
+            progress.step(f"train on {len(fit_part)} (+{len(stop_part)} for early stopping), predict {len(held_out)}")
+            # the fold model neither trains nor early-stops on what it will judge, nor on validation / test
+            leaks = find_leaks(fit_part + stop_part,
+                               {"held-out fold": [r.guid for r in held_out], "run's held-out data": forbidden})
+            if leaks:
+                raise LeakError("out-of-fold mining would leak:\n  " + "\n  ".join(leaks[:20]))
+            result = train(data_dir, folds_dir / f"fold{fold}", cfg, quiet=True, dataset=dataset,
+                           split=(fit_part, stop_part), overwrite=True,
+                           origin=RunOrigin(f"mmsent badcases fold {fold + 1}/{k}"))
+            probs[out_idx] = result.model.predict_proba(held_out, quiet=True)
+            fold_of[out_idx] = fold
+            seconds.append(time.perf_counter() - t0)
     return probs, fold_of, seconds
 
 
@@ -120,7 +122,8 @@ def case_rows(records: list[Record], probs: np.ndarray, fold_of: np.ndarray) -> 
             "confidence": round(float(p.max()), 6), **{c: round(float(x), 6) for c, x in zip(PROB_COLUMNS, p)},
             "fold": int(fold), **text_attributes(record.text),
             "image_width": width, "image_height": height, "image_bytes": size,
-            "text_fallback": record.text_fallback, "image_path": str(record.image_path),
+            # absolute: the path resolves wherever the table is read from (the report, another folder)
+            "text_fallback": record.text_fallback, "image_path": str(Path(record.image_path).resolve()),
             "text": " ".join(record.text.split()),
         })
     return rows
@@ -205,8 +208,8 @@ def confusion_rows(rows: list[dict]) -> tuple[list[dict], list[list[int]]]:
     return table, matrix
 
 
-def write_analysis(rows: list[dict], out_dir: Path) -> list[dict]:
-    """results.csv/md (error rate by bucket), confusion.csv/md and the figures."""
+def write_analysis(rows: list[dict], out_dir: Path) -> tuple[list[dict], list[str]]:
+    """results.csv/md (error rate by bucket), confusion.csv/md and the figures; the sentences of figures left out."""
     from mmsent.reporting.error_plots import plot_error_rates
     from mmsent.reporting.plots import plot_confusion
 
@@ -215,12 +218,17 @@ def write_analysis(rows: list[dict], out_dir: Path) -> list[dict]:
     conf_table, matrix = confusion_rows(rows)
     write_table(conf_table, out_dir, name="confusion")
     overall = sum(not r["correct"] for r in rows) / max(len(rows), 1)
+    skipped = []
     for factor, name in [("text length", "text_length"), ("emoji", "emoji"), ("emoticon", "emoticon"),
                          ("image size", "image_size"), ("image file size", "image_file_size"), ("true class", "true_class")]:
-        plot_error_rates([r for r in table if r["factor"] == factor], f"Error rate by {factor}",
-                         out_dir / f"error_by_{name}.png", overall)
+        buckets = [r for r in table if r["factor"] == factor]
+        if len(buckets) < 2:  # one bar compares nothing
+            only = f" ({buckets[0]['bucket']}, n={buckets[0]['n']})" if buckets else ""
+            skipped.append(f"No figure of the error rate by {factor}: every post falls in one bucket{only}.")
+            continue
+        plot_error_rates(buckets, f"Error rate by {factor}", out_dir / f"error_by_{name}.png", overall)
     plot_confusion(matrix, LABELS, out_dir / "confusion.png")
-    return table
+    return table, skipped
 
 
 def mine_bad_cases(
@@ -242,15 +250,15 @@ def mine_bad_cases(
             records, forbidden, cfg, Path(data_dir), dataset, out_dir / "folds", folds, seed, quiet
         )
         rows = case_rows(records, probs, fold_of)
-        bad = [r for r in rows if not r["correct"]]
+        bad = sorted((r for r in rows if not r["correct"]), key=lambda r: -r["confidence"])  # most confident first
         write_table(rows, out_dir, name="oof_predictions", columns=CASE_COLUMNS)
         write_table(bad, out_dir, name="bad_cases", columns=CASE_COLUMNS)
-        write_analysis(rows, out_dir)
+        _, skipped_figures = write_analysis(rows, out_dir)
         metrics = compute_metrics(encode_labels(records), probs)
         seconds = time.perf_counter() - t0
         write_manifest(
             out_dir, "badcases", command, run=str(run_dir), data=str(Path(data_dir).resolve()), folds=folds, seed=seed,
             n_train=len(records), n_bad=len(bad), oof_accuracy=metrics["accuracy"], oof_macro_f1=metrics["macro_f1"],
-            fold_seconds=[round(s, 2) for s in fold_seconds], seconds=round(seconds, 2),
+            fold_seconds=[round(s, 2) for s in fold_seconds], seconds=round(seconds, 2), notes=skipped_figures,
         )
     return BadCaseResult(out_dir, len(records), len(bad), metrics, fold_seconds, seconds)

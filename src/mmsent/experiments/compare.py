@@ -8,13 +8,16 @@ from pathlib import Path
 from mmsent.api import load_training_data, train
 from mmsent.config import Config, load_config
 from mmsent.errors import MmsentError, WeightsNotFoundError
+from mmsent.experiments.significance import DELTA_COLUMNS, delta_columns, from_run, note
 from mmsent.presets import PRESETS
+from mmsent.progress import Progress
 from mmsent.run_folder import ERROR_FILE, RunFolder, RunOrigin, experiment_folder, write_error, write_manifest
 from mmsent.tables import markdown_table, write_table
 
 COLUMNS = [
-    "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1", "weighted_f1",
-    "f1_neutral", "macro_precision", "macro_recall", "train_seconds", "encode_seconds", "epochs_run", "status",
+    "preset", "modalities", "mode", "params_m", "trainable_params_m", "accuracy", "macro_f1", *DELTA_COLUMNS,
+    "weighted_f1", "f1_neutral", "macro_precision", "macro_recall", "train_seconds", "encode_seconds", "encode_cache",
+    "epochs_run", "status",
 ]
 DEFAULT_ABLATION = ("tfidf_resnet18",)
 
@@ -49,9 +52,17 @@ def _row(name: str, modalities: str, cfg: Config, metrics: dict) -> dict:
         "macro_recall": metrics["macro_recall"],
         "train_seconds": metrics["train_seconds"],
         "encode_seconds": metrics["encode_seconds"],
+        "encode_cache": cache_state(metrics.get("encoder_cache", {})),
         "epochs_run": metrics["epochs_run"],
         "status": "ok",
     }
+
+
+def cache_state(encoder_cache: dict[str, dict[str, int]]) -> str:
+    """Cold when every feature was computed, cached when none was, else partly cached: their encoding times differ."""
+    computed = sum(e.get("computed", 0) for e in encoder_cache.values())
+    total = computed + sum(e.get("cached", 0) for e in encoder_cache.values())
+    return "cached" if computed == 0 else "cold" if computed == total else "partly cached"
 
 
 def _failed_row(name: str, modalities: str, reason: str, run_dir: Path) -> dict:
@@ -86,18 +97,32 @@ def compare(
         dataset = load_training_data(Path(data_dir), first)  # one load, one split for every preset
         rows: list[dict] = []
         histories: dict[str, list[dict]] = {}
-        for name in presets:
-            rows += _preset_rows(name, configs[name], name in ablate, Path(data_dir), out_dir, dataset, quiet, command,
-                                 histories)
-        write_table(rows, out_dir, columns=COLUMNS)
+        with Progress("preset", len(presets) + 2 * len(ablate), quiet) as progress:
+            for name in presets:
+                rows += _preset_rows(name, configs[name], name in ablate, Path(data_dir), out_dir, dataset, quiet,
+                                     command, histories, progress)
+        significance = add_deltas(rows)
+        write_table(rows, out_dir, columns=COLUMNS, note=significance)
         _plots(rows, histories, out_dir)
-        write_manifest(out_dir, "compare", command, presets=presets, ablated=ablate)
+        write_manifest(out_dir, "compare", command, presets=presets, ablated=ablate, significance=significance)
     return CompareResult(out_dir, rows, markdown_table(rows, COLUMNS))
+
+
+def add_deltas(rows: list[dict]) -> str | None:
+    """Each trained row's paired difference to the first trained row; the note that says what they mean."""
+    trained = [r for r in rows if r["status"] == "ok"]
+    if len(trained) < 2:
+        return None
+    reference = from_run(trained[0]["run_dir"])
+    trained[0].update(delta_columns(reference, reference, is_reference=True))
+    for row in trained[1:]:
+        row.update(delta_columns(reference, from_run(row["run_dir"])))
+    return note(trained[0]["preset"], len(reference.guids))
 
 
 def _preset_rows(
     name: str, cfg: Config, ablated: bool, data_dir: Path, out_dir: Path, dataset, quiet: bool, command: str,
-    histories: dict[str, list[dict]],
+    histories: dict[str, list[dict]], progress: Progress,
 ) -> list[dict]:
     """The preset's row (and its text-only / image-only rows when ablated); its runs under out_dir/runs."""
     rows = []
@@ -106,6 +131,7 @@ def _preset_rows(
     for modalities, variant_cfg in variants:
         label = name if modalities == "both" else f"{name} ({modalities} only)"
         run_dir = out_dir / "runs" / (name if modalities == "both" else f"{name}-{modalities}-only")
+        progress.step(label)
         try:
             if variant_cfg is None:
                 variant_cfg = modality_config(cfg, modalities, modalities_of)
@@ -119,7 +145,7 @@ def _preset_rows(
             continue
         if modalities == "both":
             modalities_of = result.model.classifier.encoder_modalities
-        rows.append(_row(label, modalities, variant_cfg, result.metrics))
+        rows.append({**_row(label, modalities, variant_cfg, result.metrics), "run_dir": run_dir})
         histories[label] = RunFolder.open(run_dir).history()
     return rows
 
@@ -128,7 +154,7 @@ def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) ->
     from mmsent.reporting.plots import (
         plot_compare_curves,
         plot_metric_bars,
-        plot_params_vs_time,
+        plot_time_vs_score,
     )
 
     ok = [r for r in rows if r["status"] == "ok"]
@@ -136,4 +162,4 @@ def _plots(rows: list[dict], histories: dict[str, list[dict]], out_dir: Path) ->
         return
     plot_metric_bars(ok, "preset", ["accuracy", "macro_f1", "weighted_f1", "f1_neutral"], out_dir / "metrics.png")
     plot_compare_curves(histories, out_dir / "val_curves.png")
-    plot_params_vs_time(ok, out_dir / "params_vs_time.png")
+    plot_time_vs_score(ok, out_dir / "time_vs_score.png")

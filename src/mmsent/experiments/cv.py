@@ -24,6 +24,7 @@ from mmsent.data.records import DataSet, Record
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.engine.metrics import compute_metrics
 from mmsent.errors import MmsentError
+from mmsent.progress import Progress
 from mmsent.run_folder import experiment_folder, write_manifest
 from mmsent.stats import Interval, cv_interval
 from mmsent.tables import markdown_table, write_table
@@ -101,9 +102,10 @@ def held_out_proba(cfg: Config, records: list[Record], fold: Fold, test_guids: l
 
 
 def cross_validate(
-    name: str, cfg: Config, dataset: DataSet, folds: list[Fold], quiet: bool = True
+    name: str, cfg: Config, dataset: DataSet, folds: list[Fold], quiet: bool = True, progress: Progress | None = None
 ) -> tuple[list[dict], np.ndarray]:
     """One row of scores per fold, and the out-of-fold probabilities of every repeat (R, N, C)."""
+    progress = progress or Progress("fold", len(folds), quiet=True)
     from mmsent.api import encode_labels
 
     records = dataset.train
@@ -112,7 +114,8 @@ def cross_validate(
     oof = np.full((repeats, len(records), len(LABELS)), np.nan, dtype=np.float32)
     rows = []
     test_guids = [r.guid for r in dataset.test]
-    for i, fold in enumerate(folds, start=1):
+    for fold in folds:
+        progress.step(f"{name}, {fold.name} (repeat {fold.repeat + 1}, fold {fold.fold + 1})")
         t0 = time.perf_counter()
         probs = held_out_proba(cfg, records, fold, test_guids)
         oof[fold.repeat, fold.held_out] = probs
@@ -120,9 +123,8 @@ def cross_validate(
         rows.append({"candidate": name, "repeat": fold.repeat, "fold": fold.fold, "n_train": len(fold.train),
                      "n_held_out": len(fold.held_out), **fold_scores(y[fold.held_out], probs),
                      "seconds": round(seconds, 2)})
-        if not quiet:
-            print(f"cv {name}: fold {i}/{len(folds)} ({fold.name}) macro-F1 {rows[-1]['macro_f1']:.4f}, "
-                  f"accuracy {rows[-1]['accuracy']:.4f} in {seconds:.1f} s", flush=True)
+        progress.note(f"cv {name} {fold.name}: macro-F1 {rows[-1]['macro_f1']:.4f}, "
+                      f"accuracy {rows[-1]['accuracy']:.4f} in {seconds:.1f} s")
     return rows, oof
 
 
@@ -172,9 +174,10 @@ def run_cv(
         fold_list = make_folds(dataset.train, folds, repeats, seed)
         ratio = 1.0 / (folds - 1)  # n_held_out / n_train of a k-fold split
         fold_rows: dict[str, list[dict]] = {}
-        for name, cfg in candidates.items():
-            fold_rows[name], oof = cross_validate(name, cfg, dataset, fold_list, quiet)
-            _write_candidate(out_dir / "candidates" / name, cfg, dataset.train, oof)
+        with Progress("fold", len(candidates) * len(fold_list), quiet) as progress:
+            for name, cfg in candidates.items():
+                fold_rows[name], oof = cross_validate(name, cfg, dataset, fold_list, quiet, progress)
+                _write_candidate(out_dir / "candidates" / name, cfg, dataset.train, oof)
         names = list(candidates)
         _remove_other_candidates(out_dir / "candidates", names)
         summary = [summary_row(n, fold_rows[n], ratio) for n in names]

@@ -79,8 +79,13 @@ class Perturbation:
     name: str
     modality: str  # "image" or "text"
     fn: Callable  # (PIL image | str, level, seed) -> same type
-    levels: tuple[float, ...]
+    levels: tuple[float, ...]  # mild to harsh
     unit: str
+    harsher: str = "higher"  # "lower" where a smaller level is harsher (JPEG quality, scale factor)
+
+    def mild_to_harsh(self, levels: tuple[float, ...]) -> tuple[float, ...]:
+        """Levels ordered from the mildest to the harshest, whatever order they were given in."""
+        return tuple(sorted(levels, reverse=self.harsher == "lower"))
 
 
 PERTURBATIONS = {
@@ -88,8 +93,8 @@ PERTURBATIONS = {
     for p in [
         Perturbation("noise", "image", gaussian_noise, (10.0, 25.0, 50.0), "noise sigma (pixel values)"),
         Perturbation("blur", "image", gaussian_blur, (1.0, 2.0, 4.0), "blur radius (px)"),
-        Perturbation("jpeg", "image", jpeg_quality, (50.0, 20.0, 5.0), "JPEG quality"),
-        Perturbation("downscale", "image", downscale, (0.5, 0.25, 0.125), "scale factor"),
+        Perturbation("jpeg", "image", jpeg_quality, (50.0, 20.0, 5.0), "JPEG quality", harsher="lower"),
+        Perturbation("downscale", "image", downscale, (0.5, 0.25, 0.125), "scale factor", harsher="lower"),
         Perturbation("typos", "text", char_typos, (0.05, 0.1, 0.2), "typo rate per letter"),
         Perturbation("hashtags", "text", remove_hashtags, (0.5, 1.0), "fraction of hashtags removed"),
     ]

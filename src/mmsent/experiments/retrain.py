@@ -8,7 +8,9 @@ from pathlib import Path
 from mmsent import LABELS
 from mmsent.data.augmented import manifest_path
 from mmsent.errors import MmsentError
+from mmsent.experiments.significance import differences, from_probs, from_run, note
 from mmsent.run_folder import RunFolder, RunOrigin, create_run, read_manifest
+from mmsent.stats import PairedDifference
 from mmsent.tables import write_table
 
 
@@ -31,12 +33,18 @@ def _data_dir(augment: list[Path], data_dir: Path | None) -> Path:
     raise MmsentError("cannot tell the data set folder: pass --data")
 
 
-def comparison_rows(before: dict, after: dict) -> list[dict]:
-    """metric, before, after, delta on the same validation split."""
+def comparison_rows(before: dict, after: dict, paired: list[PairedDifference] | None = None) -> list[dict]:
+    """metric, before, after, delta on the same validation split; paired intervals where the scores have one."""
     pairs = [(k, before.get(k), after.get(k)) for k in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall")]
     pairs += [(f"f1_{lab}", before["per_class"][lab]["f1"], after["per_class"][lab]["f1"]) for lab in LABELS]
     pairs += [(k, before.get(k), after.get(k)) for k in ("n_val", "n_train", "best_epoch")]
-    return [{"metric": m, "before": b, "after": a, "delta": (a - b) if None not in (a, b) else None} for m, b, a in pairs]
+    rows = [{"metric": m, "before": b, "after": a, "delta": (a - b) if None not in (a, b) else None} for m, b, a in pairs]
+    intervals = {d.score: d for d in paired or []}
+    for row in rows:
+        if row["metric"] in intervals:
+            row["delta_ci"] = intervals[row["metric"]].interval_text()
+            row["verdict"] = intervals[row["metric"]].verdict()
+    return rows
 
 
 def retrain(
@@ -67,8 +75,9 @@ def retrain(
         val_records = [by_guid[g] for g in split.val]
         result = train_into(writer, data_dir, cfg, quiet, dataset=dataset, split=(train_records, val_records),
                             origin=RunOrigin(command, preset=base.preset, kind="retrain"))
-        rows = comparison_rows(before, result.metrics)
-        write_table(rows, writer.path)
+        paired = differences(from_run(run_dir), from_probs(val_records, result.model.predict_proba(val_records, True)))
+        rows = comparison_rows(before, result.metrics, paired)
+        write_table(rows, writer.path, note=note(str(run_dir), len(val_records)))
         writer.update_manifest(base_run=str(run_dir), augment=cfg.data.augment,
                                n_augmented=result.metrics["n_train"] - len(train_records),
                                before={k: before[k] for k in ("accuracy", "macro_f1")},
@@ -81,9 +90,10 @@ def format_comparison(rows: list[dict]) -> str:
     def cell(v) -> str:
         return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = [f"{'metric':<16}{'before':>10}{'after':>10}{'delta':>10}"]
+    lines = [f"{'metric':<16}{'before':>10}{'after':>10}{'delta':>10}  95% paired bootstrap interval"]
     for r in rows:
         delta = r["delta"]
         delta_s = "" if delta is None else (f"{delta:+.4f}" if isinstance(delta, float) else f"{delta:+d}")
-        lines.append(f"{r['metric']:<16}{cell(r['before']):>10}{cell(r['after']):>10}{delta_s:>10}")
+        interval = f"  {r['delta_ci']} ({r['verdict']})" if r.get("delta_ci") else ""
+        lines.append(f"{r['metric']:<16}{cell(r['before']):>10}{cell(r['after']):>10}{delta_s:>10}{interval}")
     return "\n".join(lines)

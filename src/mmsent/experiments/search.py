@@ -22,6 +22,7 @@ from mmsent.api import load_training_data, train
 from mmsent.config import Config, read_yaml_mapping, save_config
 from mmsent.engine.metrics import METRICS, metric_row
 from mmsent.errors import MmsentError
+from mmsent.progress import Progress
 from mmsent.run_folder import RunOrigin, write_manifest
 from mmsent.tables import write_table
 
@@ -437,12 +438,14 @@ def run_search(
     objective: str = "macro_f1",
     prune: bool = True,
     quiet: bool = True,
+    show_progress: bool = False,
 ) -> SearchResult:
     """Run (or resume) a search; write trials/, results.csv/.md, search plots, best.yaml and experiment.json.
 
     A grid runs until every combination is done or in training (by this or another worker) or `trials`
     trials ran here; TPE needs `trials`. Trials left running by dead workers are failed first (see
     fail_dead_trials) and their points trained again, so a rerun after a kill completes the grid.
+    show_progress: one outer line or bar per trial (quiet hides each trial's own bars).
     """
     if objective not in metric_row({}):
         raise MmsentError(f"unknown objective {objective!r}; use one of {', '.join(metric_row({}))}")
@@ -456,18 +459,20 @@ def run_search(
     dataset = load_training_data(Path(data_dir), cfg)
     run_trial = _objective_fn(Path(data_dir), out_dir, cfg, space, objective, quiet, dataset)
     ran, requeued, dead = 0, 0, []
-    while trials is None or ran < trials:
-        # before the grid is read: a dead worker's trial holds its point until it is failed
-        dead += fail_dead_trials(study)
-        if space.grid:
-            points_left, failed_point = _next_grid_point_to_enqueue(study, space)
-            if not points_left:
-                break  # the grid is exhausted: completed trials are never rerun
-            if failed_point is not None:
-                study.enqueue_trial(failed_point)
-                requeued += 1
-        study.optimize(run_trial, n_trials=1, catch=())
-        ran += 1
+    with Progress("trial", _trials_to_run(study, space, trials), quiet=not show_progress) as progress:
+        while trials is None or ran < trials:
+            # before the grid is read: a dead worker's trial holds its point until it is failed
+            dead += fail_dead_trials(study)
+            if space.grid:
+                points_left, failed_point = _next_grid_point_to_enqueue(study, space)
+                if not points_left:
+                    break  # the grid is exhausted: completed trials are never rerun
+                if failed_point is not None:
+                    study.enqueue_trial(failed_point)
+                    requeued += 1
+            progress.step(f"#{len(study.trials)} of the study {study_name}")
+            study.optimize(run_trial, n_trials=1, catch=())
+            ran += 1
     rows = trial_rows(study, objective)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     running_elsewhere = sum("duplicate_of" not in t.user_attrs for t in running)
@@ -485,6 +490,14 @@ def run_search(
         space=space.grid or space.ranges,
     )
     return SearchResult(rows, best_cfg, best_value, ran, study_name, storage, dead, requeued, running_elsewhere)
+
+
+def _trials_to_run(study: optuna.Study, space: SearchSpace, trials: int | None) -> int | None:
+    """How many trials this call will run at most: the grid points left, or --trials."""
+    if not space.grid:
+        return trials
+    left = len(remaining_grid(study.get_trials(deepcopy=False), space, HELD))
+    return left if trials is None else min(left, trials)
 
 
 def _plots(rows: list[dict], objective: str, keys: list[str], out_dir: Path) -> None:

@@ -9,7 +9,7 @@ from mmsent.api import load_training_data, train
 from mmsent.config import Config
 from mmsent.engine.metrics import metric_row
 from mmsent.errors import MmsentError
-from mmsent.files import atomic_write_text
+from mmsent.progress import Progress
 from mmsent.run_folder import RunOrigin, experiment_folder, write_manifest
 from mmsent.stats import t_interval
 from mmsent.tables import write_table
@@ -50,13 +50,16 @@ def run_seeds(
     with experiment_folder(Path(out_dir), "seeds", overwrite) as out_dir:
         dataset = load_training_data(Path(data_dir), cfg)
         rows, n_val = [], 0
-        for seed in seeds:
-            values = {"train.seed": seed, **({"data.split_seed": seed} if vary_split else {})}
-            result = train(data_dir, out_dir / f"seed-{seed}", cfg.with_values(values), quiet=quiet, dataset=dataset,
-                           overwrite=True, origin=RunOrigin(command, preset))
-            m = result.metrics
-            n_val = m["n_val"]
-            rows.append({"seed": str(seed), **metric_row(m), "best_epoch": m["best_epoch"], "train_seconds": m["train_seconds"]})
+        with Progress("seed", len(seeds), quiet) as progress:
+            for seed in seeds:
+                progress.step(f"{seed}{' (training and split seed)' if vary_split else ''}")
+                values = {"train.seed": seed, **({"data.split_seed": seed} if vary_split else {})}
+                result = train(data_dir, out_dir / f"seed-{seed}", cfg.with_values(values), quiet=quiet,
+                               dataset=dataset, overwrite=True, origin=RunOrigin(command, preset))
+                m = result.metrics
+                n_val = m["n_val"]
+                rows.append({"seed": str(seed), **metric_row(m), "best_epoch": m["best_epoch"],
+                             "train_seconds": m["train_seconds"]})
         metrics = [k for k in metric_row({}) if all(r[k] is not None for r in rows)]
         mean, std, half = {}, {}, {}
         for k in metrics:
@@ -68,8 +71,7 @@ def run_seeds(
             {"seed": "ci95_high", **{k: mean[k] + half[k] for k in metrics}},
         ]
         note = standard_error_note(mean["accuracy"], n_val)
-        _, md = write_table(rows + summary, out_dir)
-        atomic_write_text(md, md.read_text(encoding="utf-8") + "\n" + note + "\n")
+        write_table(rows + summary, out_dir, note=note)
         from mmsent.reporting.experiment_plots import plot_seeds
 
         plot_seeds(rows, mean, half, metrics, out_dir / "seeds.png")

@@ -6,20 +6,24 @@ from pathlib import Path
 
 from mmsent.reporting.plots import _save, plt
 
+FIGSIZE = (6.0, 3.2)  # one size for every factor: side by side in the report they line up
+
 
 def plot_error_rates(rows: list[dict], title: str, path: Path, overall: float | None = None) -> Path:
-    """Bars of error_rate per bucket, Wilson 95% whiskers, and n written on each bar."""
+    """Horizontal bars of error_rate per bucket (first bucket on top), Wilson 95% whiskers, rate and n beside each."""
     labels = [str(r["bucket"]) for r in rows]
     rates = [r["error_rate"] for r in rows]
     lower = [r["error_rate"] - r["ci_low"] for r in rows]
     upper = [r["ci_high"] - r["error_rate"] for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
-    ax.bar(range(len(rows)), rates, yerr=[lower, upper], capsize=4, color="tab:red", alpha=0.7)
-    for i, r in enumerate(rows):
-        ax.text(i, r["ci_high"] + 0.02, f"n={r['n']}", ha="center", fontsize=8)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    y = list(range(len(rows)))[::-1]
+    ax.barh(y, rates, xerr=[lower, upper], capsize=3, color="tab:red", alpha=0.7, height=0.6)
+    for yi, r in zip(y, rows, strict=True):
+        ax.text(r["ci_high"] + 0.01, yi, f"{r['error_rate']:.0%} (n={r['n']})", va="center", fontsize=8)
     if overall is not None:
-        ax.axhline(overall, color="gray", linestyle="--", linewidth=0.8)
-        title = f"{title} (overall {overall:.1%}, dashed)"
-    ax.set_xticks(range(len(rows)), labels, rotation=20 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center")
-    ax.set(ylabel="error rate (out of fold)", title=title, ylim=(0, min(1.15, max([r["ci_high"] for r in rows] + [0.1]) + 0.12)))
+        ax.axvline(overall, color="gray", linestyle="--", linewidth=0.8, label=f"overall {overall:.0%}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set(xlabel="error rate (out of fold), 95% interval", title=title,
+           xlim=(0, min(1.0, max([r["ci_high"] for r in rows] + [0.1]) + 0.2)))
     return _save(fig, path)

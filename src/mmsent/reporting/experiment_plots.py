@@ -71,23 +71,38 @@ def plot_seeds(rows: list[dict], mean: dict, half_width: dict, metrics: list[str
     return _save(fig, path)
 
 
-def plot_robustness(rows: list[dict], metric: str, path: Path) -> Path:
-    """The metric against perturbation level, one panel per perturbation, clean as a dashed line."""
-    clean = next((r[metric] for r in rows if r["perturbation"] == "clean"), None)
+def plot_robustness(rows: list[dict], metric: str, path: Path, clean_se: float | None = None) -> Path:
+    """The metric per perturbation level, mild to harsh, on one shared y-axis; the clean score with its standard error.
+
+    One y-axis for every panel, so that a change inside the clean score's noise band looks as small as it is.
+    """
+    clean = next((float(r[metric]) for r in rows if r["perturbation"] == "clean"), None)
     names = list(dict.fromkeys(r["perturbation"] for r in rows if r["perturbation"] != "clean"))
     cols = min(3, max(len(names), 1))
     nrows = (len(names) + cols - 1) // cols or 1
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.1 * nrows), squeeze=False, sharey=True)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
+    values = [float(r[metric]) for r in rows] + ([clean - (clean_se or 0), clean + (clean_se or 0)] if clean else [])
     for ax, name in zip(axes.flat, names, strict=False):
-        pts = [r for r in rows if r["perturbation"] == name]
-        ax.plot([r["level"] for r in pts], [r[metric] for r in pts], marker="o")
+        pts = [r for r in rows if r["perturbation"] == name]  # written mild to harsh
+        ax.plot(range(1, len(pts) + 1), [float(r[metric]) for r in pts], marker="o", color="tab:blue")
         if clean is not None:
-            ax.axhline(clean, color="gray", linestyle="--", linewidth=0.8, label="clean")
-        ax.set(title=f"{name} ({pts[0]['modality']})", xlabel=pts[0].get("unit", "level"), ylabel=metric)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{metric} under perturbation")
+            ax.plot([0], [clean], marker="s", color="black")
+            ax.axhline(clean, color="black", linestyle="--", linewidth=0.8, label="clean")
+            if clean_se:
+                ax.axhspan(clean - clean_se, clean + clean_se, color="gray", alpha=0.2, label="clean ± 1 SE")
+        ax.set_xticks(range(len(pts) + 1), ["clean"] + [f"{float(r['level']):g}" for r in pts], fontsize=8)
+        ax.set_title(f"{name} ({pts[0]['modality']})", fontsize=10)
+        ax.set_xlabel(f"{pts[0].get('unit') or 'level'}, mild to harsh", fontsize=8)
+    for row_axes in axes:
+        row_axes[0].set_ylabel(metric.replace("_", "-"))
+    if values:
+        span = max(values) - min(values)
+        axes[0][0].set_ylim(min(values) - 0.1 * span - 0.005, max(values) + 0.1 * span + 0.005)
+    if names:
+        axes.flat[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{metric.replace('_', '-')} under perturbation (validation)")
     return _save(fig, path)
 
 

@@ -14,9 +14,11 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from mmsent import LABELS, __version__
+from mmsent.data.records import image_file
 from mmsent.errors import MmsentError
 from mmsent.files import atomic_write_text, check_output_file
-from mmsent.run_folder import METRICS_FILE, RunFolder, has_manifest, read_manifest
+from mmsent.reporting.formatting import as_number, column_format, fact_text, interval, mean_std, number
+from mmsent.run_folder import MANIFEST_FILE, METRICS_FILE, RunFolder, has_manifest, read_manifest
 from mmsent.tables import markdown_table, read_table
 
 # Fixed section order; kinds not listed here come after them, by name.
@@ -61,6 +63,20 @@ RUN_FIGURES = [("confusion.png", "Confusion matrix"), ("roc.png", "ROC curves"),
 MAX_TABLE_ROWS = 60
 MAX_BAD_CASES = 8
 THUMB_PX = 160
+MAX_COLUMNS = 8  # a wider table is split in two, its first column in both, so that no column hides off the page
+# the columns a reader looks for first, per kind of experiment: these go in the first part of a split table
+KEY_COLUMNS = {
+    "compare": ["preset", "accuracy", "macro_f1", "delta_macro_f1", "delta_macro_f1_ci", "vs_reference", "status"],
+    "variants": ["variant", "overrides", "accuracy", "macro_f1", "delta_macro_f1", "delta_macro_f1_ci", "vs_reference"],
+    "ablation": ["setting", "method", "accuracy", "macro_f1", "delta_macro_f1", "delta_macro_f1_ci", "vs_reference"],
+    "robustness": ["perturbation", "level", "accuracy", "macro_f1", "drop_macro_f1", "drop_macro_f1_ci", "vs_clean"],
+    "seeds": ["seed", "accuracy", "macro_f1", "weighted_f1", "f1_neutral"],
+    "cv": ["candidate", "macro_f1", "macro_f1_ci", "accuracy", "accuracy_ci", "weighted_f1", "weighted_f1_ci"],
+    "search": ["trial", "state", "macro_f1", "accuracy"],
+}
+# manifest fields that are prose: shown as paragraphs, not as facts
+PROSE_FIELDS = ("note", "significance", "notes", "interval")
+SEED_SUMMARY_ROWS = ("mean", "std", "ci95_low", "ci95_high")
 
 
 @dataclass
@@ -68,6 +84,19 @@ class Figure:
     title: str
     file: str  # path relative to the Markdown file
     data_uri: str  # the same image, embedded for the HTML file
+    wide: bool = False  # much wider than high (several panels): the full width of the page
+
+
+def is_wide(data: bytes) -> bool:
+    """Whether an image is at least twice as wide as high, from its header."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except (OSError, UnidentifiedImageError):
+        return False
+    return width >= 2 * height
 
 
 @dataclass
@@ -90,6 +119,7 @@ class BadCase:
     confidence: str
     text: str
     thumb: Figure | None
+    missing: str | None = None  # why there is no image, shown on the card
 
 
 @dataclass
@@ -105,7 +135,8 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     bad_cases: list[BadCase] = field(default_factory=list)
     config_yaml: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # preformatted text (a results.md, problems)
+    paragraphs: list[str] = field(default_factory=list)  # prose: what the numbers mean, figures left out
 
 
 class Assets:
@@ -125,7 +156,7 @@ class Assets:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / unique).write_bytes(data)
         uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-        return Figure(title, f"{self.folder.name}/{unique}", uri)
+        return Figure(title, f"{self.folder.name}/{unique}", uri, is_wide(data))
 
     def add_file(self, title: str, path: Path, prefix: str) -> Figure:
         return self.add(title, path.read_bytes(), f"{prefix}-{path.name}")
@@ -166,42 +197,99 @@ def find_folders(roots: list[Path], depth: int = 2) -> list[Path]:
 # ---- reading what a folder holds ----
 
 
-def fmt(value: object) -> str:
-    """Numbers as a reader wants them: floats to 4 decimals, integers as they are."""
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value)
-    if isinstance(value, float):
-        if abs(value) <= 1:
-            return f"{value:.4f}"  # scores and probabilities: aligned columns
-        return f"{value:.4f}".rstrip("0").rstrip(".")  # 7.62 s, 191.4 s
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return value if ("." not in value and "e" not in value.lower()) else fmt(number)
-    return str(value)
-
-
-def csv_table(path: Path, caption: str) -> Table | None:
-    rows = read_table(path)
-    if not rows:
-        return None
+def display_columns(rows: list[dict]) -> list[str]:
+    """The table's columns, with ci_low / ci_high joined into one `95% interval` column of [a, b]."""
     columns = list(rows[0])
-    shown = [[fmt(row.get(c, "")) for c in columns] for row in rows[:MAX_TABLE_ROWS]]
-    return Table(caption, columns, shown, len(rows), path.name)
+    if "ci_low" in columns and "ci_high" in columns:
+        columns[columns.index("ci_low")] = "95% interval"
+        columns.remove("ci_high")
+    return columns
+
+
+def formatted_rows(rows: list[dict], columns: list[str]) -> list[list[str]]:
+    """Cells formatted one column at a time (see formatting.column_format)."""
+    formats = {c: column_format([r.get(c) for r in rows]) for c in columns if c != "95% interval"}
+    both = column_format([r.get(k) for r in rows for k in ("ci_low", "ci_high")])
+    return [[f"[{both(r.get('ci_low'))}, {both(r.get('ci_high'))}]" if c == "95% interval" else formats[c](r.get(c, ""))
+             for c in columns] for r in rows]
+
+
+def column_groups(columns: list[str], kind: str) -> list[list[str]]:
+    """Columns in parts of at most MAX_COLUMNS: the kind's key columns first; the first column begins every part."""
+    if len(columns) <= MAX_COLUMNS:
+        return [columns]
+    first = columns[0]
+    key = [c for c in KEY_COLUMNS.get(kind, []) if c in columns and c != first][: MAX_COLUMNS - 1]
+    rest = [c for c in columns if c != first and c not in key]
+    if not key:
+        key, rest = rest[: MAX_COLUMNS - 1], rest[MAX_COLUMNS - 1:]
+    groups = [[first, *key]]
+    for i in range(0, len(rest), MAX_COLUMNS - 1):
+        groups.append([first, *rest[i: i + MAX_COLUMNS - 1]])
+    return groups
+
+
+def heading(column: str) -> str:
+    """A header that can wrap: words, not one long token."""
+    return column.replace("_", " ")
+
+
+def tables_of(rows: list[dict], caption: str, source: str, kind: str = "") -> list[Table]:
+    """rows as one table, or several narrow ones (see column_groups), numbers formatted."""
+    if not rows:
+        return []
+    columns = display_columns(rows)
+    shown = rows[:MAX_TABLE_ROWS]
+    cells = formatted_rows(shown, columns)
+    groups = column_groups(columns, kind)
+    tables = []
+    for k, group in enumerate(groups):
+        index = [columns.index(c) for c in group]
+        part = caption if len(groups) == 1 else f"{caption}, part {k + 1} of {len(groups)}"
+        tables.append(Table(part, [heading(c) for c in group], [[row[i] for i in index] for row in cells], len(rows),
+                            source))
+    return tables
+
+
+def csv_tables(path: Path, caption: str, kind: str = "", skip: tuple[str, ...] = ()) -> list[Table]:
+    """A results CSV as tables; rows whose first cell is in skip are left out (shown another way)."""
+    rows = [r for r in read_table(path) if not r or next(iter(r.values())) not in skip]
+    return tables_of(rows, caption, path.name, kind)
 
 
 def manifest_facts(manifest: dict) -> list[tuple[str, str]]:
-    """The manifest's own fields (best trial, seeds, ...), shown as they were written."""
-    skip = {"kind", "command", "created", "mmsent_version", "files", "fold_guids"}
+    """The manifest's own fields (best trial, seeds, ...), formatted for a reader; prose goes elsewhere."""
+    skip = {"kind", "command", "created", "mmsent_version", "files", "fold_guids", *PROSE_FIELDS}
+    if manifest.get("kind") == "seeds":
+        skip |= {"mean", "std", "ci95_half_width"}  # the summary table shows them
     facts = []
     for key, value in manifest.items():
         if key in skip:
             continue
-        text = fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value, default=str)
+        text = fact_text(value)
         facts.append((key.replace("_", " "), text if len(text) <= 400 else text[:400] + " ..."))
     return facts
+
+
+def manifest_paragraphs(manifest: dict) -> list[str]:
+    """The manifest's prose: what the numbers mean, figures left out and why."""
+    paragraphs = []
+    for key in PROSE_FIELDS:
+        value = manifest.get(key)
+        paragraphs += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+    return paragraphs
+
+
+def seeds_summary(manifest: dict) -> list[Table]:
+    """Mean ± std and the 95% interval of each metric over the seeds."""
+    mean, std, half = manifest.get("mean") or {}, manifest.get("std") or {}, manifest.get("ci95_half_width") or {}
+    rows = [[metric.replace("_", " "), mean_std(mean[metric], std.get(metric, 0.0)),
+             interval(mean[metric] - half.get(metric, 0.0), mean[metric] + half.get(metric, 0.0))]
+            for metric in mean if mean[metric] is not None]
+    if not rows:
+        return []
+    return [Table(f"Over {len(manifest.get('seeds', []))} seeds", ["metric", "mean ± std", "95% interval of the mean"],
+                  rows, len(rows), MANIFEST_FILE)]
 
 
 def run_facts(metrics: dict) -> list[tuple[str, str]]:
@@ -210,10 +298,11 @@ def run_facts(metrics: dict) -> list[tuple[str, str]]:
         ("ece", "expected calibration error"),
         ("macro_precision", "macro precision"), ("macro_recall", "macro recall"),
         ("roc_auc_ovr_macro", "ROC AUC (one vs rest, macro)"), ("best_epoch", "best epoch"),
-        ("epochs_run", "epochs run"), ("n_train", "training examples"), ("parameters", "trainable parameters"),
+        ("epochs_run", "epochs run"), ("n_train", "training examples"), ("parameters", "parameters (total)"),
+        ("trainable_parameters", "trainable parameters"),
         ("encode_seconds", "encoding time (s)"), ("train_seconds", "training time (s)"),
     ]
-    return [(label, fmt(metrics[key])) for key, label in names if key in metrics]
+    return [(label, number(metrics[key])) for key, label in names if key in metrics]
 
 
 def per_class_table(metrics: dict) -> Table | None:
@@ -221,7 +310,7 @@ def per_class_table(metrics: dict) -> Table | None:
     if not per_class:
         return None
     columns = ["class", "precision", "recall", "f1", "support"]
-    rows = [[lab] + [fmt(per_class[lab][c]) for c in columns[1:]] for lab in LABELS if lab in per_class]
+    rows = [[lab] + [number(per_class[lab][c]) for c in columns[1:]] for lab in LABELS if lab in per_class]
     return Table("Per-class scores on the validation split", columns, rows, len(rows), METRICS_FILE)
 
 
@@ -245,16 +334,41 @@ def thumbnail(path: Path, assets: Assets, name: str) -> Figure | None:
     return assets.add(name, buf.getvalue(), f"thumb-{name}.jpg", "image/jpeg")
 
 
-def bad_cases(folder: Path, assets: Assets) -> list[BadCase]:
-    rows = read_table(folder / "bad_cases.csv")[:MAX_BAD_CASES]
+def case_image(row: dict, folder: Path, data_dir: str | None) -> tuple[Path | None, list[Path]]:
+    """The image of a bad case, and every place looked in.
+
+    image_path is absolute, or relative to the data folder the experiment recorded (else to the
+    experiment folder); a moved data set is still found through its layout (data/GUID.jpg).
+    """
+    raw = (row.get("image_path") or "").strip()
+    candidates: list[Path] = []
+    if raw and Path(raw).is_absolute():
+        candidates.append(Path(raw))
+    elif raw:
+        candidates += [Path(data_dir) / raw] if data_dir else []
+        candidates.append(folder / raw)
+    if data_dir and row.get("guid"):
+        candidates.append(image_file(Path(data_dir), row["guid"]))
+    found = next((c for c in candidates if c.is_file()), None)
+    return found, candidates
+
+
+def by_confidence(rows: list[dict]) -> list[dict]:
+    """Most confident mistakes first."""
+    return sorted(rows, key=lambda r: -(as_number(r.get("confidence")) or 0.0))
+
+
+def bad_cases(folder: Path, assets: Assets, data_dir: str | None) -> list[BadCase]:
     cases = []
-    for row in rows:
-        image = Path(row.get("image_path") or "")
-        if row.get("image_path") and not image.is_absolute():
-            image = folder / image
-        thumb = thumbnail(image, assets, row.get("guid", "case")) if row.get("image_path") else None
+    for row in by_confidence(read_table(folder / "bad_cases.csv"))[:MAX_BAD_CASES]:
+        image, looked = case_image(row, folder, data_dir)
+        thumb = thumbnail(image, assets, row.get("guid", "case")) if image else None
+        missing = None
+        if thumb is None:
+            where = ", ".join(str(p) for p in looked) or "no image path recorded"
+            missing = f"image not found (looked in {where})" if image is None else f"image {image} cannot be read"
         cases.append(BadCase(row.get("guid", ""), row.get("tag", ""), row.get("pred", ""),
-                             fmt(row.get("confidence", "")), row.get("text", ""), thumb))
+                             number(row.get("confidence", "")), row.get("text", ""), thumb, missing))
     return cases
 
 
@@ -268,17 +382,20 @@ def folder_section(folder: Path, assets: Assets, index: int) -> Section:
         source=str(folder), command=manifest.get("command"),
     )
     section.facts = manifest_facts(manifest)
+    section.paragraphs = manifest_paragraphs(manifest)
     prefix = f"{index:02d}-{kind}"
+    if kind == "seeds":
+        section.tables += seeds_summary(manifest)
     if (folder / "results.csv").is_file():
-        table = csv_table(folder / "results.csv", "Results")
-        if table:
-            section.tables.append(table)
+        section.tables += csv_tables(folder / "results.csv", "Results", kind, skip=SEED_SUMMARY_ROWS if kind == "seeds" else ())
     elif (folder / "results.md").is_file():
         section.notes.append((folder / "results.md").read_text(encoding="utf-8"))
+    if kind == "cv" and (folder / "paired.csv").is_file():
+        section.tables += csv_tables(folder / "paired.csv", "Paired differences to the reference", kind)
     for png in sorted(folder.glob("*.png")):
         section.figures.append(assets.add_file(png.stem.replace("_", " "), png, prefix))
     if (folder / "bad_cases.csv").is_file():
-        section.bad_cases = bad_cases(folder, assets)
+        section.bad_cases = bad_cases(folder, assets, manifest.get("data"))
     if RunFolder.looks_like_run(folder):
         run = RunFolder.open(folder)  # an incomplete or damaged run stops the report with its reason
         metrics = run.metrics()
@@ -351,7 +468,14 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.tests["numeric_cell"] = is_numeric_cell
     return env
+
+
+def is_numeric_cell(text: str) -> bool:
+    """A number (4,709 or 0.6474) or an interval ([-0.0100, +0.0300]): right-aligned in a table."""
+    text = str(text)
+    return as_number(text.replace(",", "")) is not None or (text.startswith("[") and text.endswith("]"))
 
 
 def build_report(roots: list[Path], out: Path, data_report: Path | None = None) -> tuple[Path, Path, list[str]]:

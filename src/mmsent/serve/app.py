@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import functools
+import io
 import math
 import socket
 import threading
@@ -14,7 +16,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -37,6 +40,7 @@ MULTIPART_MARGIN = 1 << 20  # room for the text fields and multipart boundaries,
 CHECK_DRAFT_PX = 256  # JPEG draft size of the service's own check decode (runs without an image encoder)
 MIB = 1024 * 1024
 DECODE_SLOTS = 2  # concurrent image decodes in the service: the cores of a small server
+SIDES = ("text", "image")  # the modalities a post can have
 
 
 # ---- response models (they are the OpenAPI description) ----
@@ -48,13 +52,30 @@ class ErrorResponse(BaseModel):
     detail: str = Field(examples=["image: the upload is not an image (cannot identify image file)"])
 
 
+class View(BaseModel):
+    """What the same model says from one side of the post alone."""
+
+    tag: Literal["negative", "neutral", "positive"]
+    probabilities: dict[str, float]
+
+
 class Prediction(BaseModel):
     tag: Literal["negative", "neutral", "positive"] = Field(description="the class with the highest probability")
     probabilities: dict[str, float] = Field(
-        description="probability of each class (they sum to 1)",
+        description="calibrated probability of each class (they sum to 1)",
         examples=[{"negative": 0.1, "neutral": 0.2, "positive": 0.7}],
     )
     model: str = Field(description="name of the model (its run folder)")
+    inputs: list[Literal["text", "image"]] = Field(
+        default_factory=list, description="the sides of the post the answer read (a side the model does not read is not one)"
+    )
+    views: dict[str, View] = Field(
+        default_factory=dict,
+        description="the same model reading the text alone and the image alone (the other side blanked to its "
+        "training mean, as `mmsent ablate` does): which side drove the answer. Empty when the post or the model has "
+        "one side, or when the request asks for no views",
+    )
+    explanation: str = Field("", description="one sentence: what each side says, or how a missing side was handled")
 
 
 class BatchPrediction(BaseModel):
@@ -109,7 +130,7 @@ class ModelInfo(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "bad image or text"},
-    422: {"model": ErrorResponse, "description": "a required field (image, text) is missing or empty"},
+    422: {"model": ErrorResponse, "description": "neither an image nor a text (or only a side the model does not read)"},
     413: {"model": ErrorResponse, "description": "image or request over the size limit"},
     415: {"model": ErrorResponse, "description": "not a multipart/form-data request, or an image part that is not an image type"},
 }
@@ -277,6 +298,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(settings.decode_slots)
         self.encoder_draft = encoder_draft_size(self.run.encoders.values())
+        self.sides = [m for m in SIDES if m in set(self.run.classifier.encoder_modalities.values())]
+        self.modality_dropout = self.run.cfg.model.modality_dropout
 
     def check_image(self, data: bytes, filename: str) -> None:
         """Raise a 4xx for an empty, oversized or unreadable image, or one too costly to decode."""
@@ -301,45 +324,95 @@ class Predictor:
     def check_text(self, text: str) -> str:
         text = text.strip()
         if not text:
-            raise HTTPException(400, "text: is empty; send the post's text")
+            raise HTTPException(400, "text: is empty; send the post's text, or leave the field out for an image-only post")
         if len(text) > self.settings.max_text_chars:
             raise HTTPException(400, f"text: {len(text):,} characters, over the limit of {self.settings.max_text_chars:,}")
         return text
 
-    def check_post(self, data: bytes, name: str, text: str) -> str:
-        """The cleaned-up text of a post whose image and text are acceptable; else a 4xx."""
-        self.check_image(data, name)
-        return self.check_text(text)
+    def check_post(self, data: bytes | None, name: str, text: str | None) -> tuple[str, list[str]]:
+        """The cleaned-up text of an acceptable post and the sides of it the model reads; else a 4xx."""
+        if data is None and text is None:
+            raise HTTPException(422, "send an image, a text, or both ('image' file, 'text' field)")
+        if data is not None:
+            self.check_image(data, name)  # checked even when the model does not read images: a bad upload is a 400
+        text = self.check_text(text) if text is not None else ""
+        given = [side for side, present in (("text", bool(text)), ("image", data is not None)) if present]
+        read = [side for side in self.sides if side in given]
+        if not read:
+            raise HTTPException(422, f"this model reads {' and '.join(self.sides)} only; send the post's {self.sides[0]}")
+        return text, read
 
-    def predict(self, posts: list[tuple[bytes, str, str]]) -> list[Prediction]:
-        """Check every (image bytes, file name, text) post, then run them through the model as one batch."""
-        texts = []
+    def predict(self, posts: list[tuple[bytes | None, str, str | None]], views: bool = True) -> list[Prediction]:
+        """Check every (image bytes or None, file name, text or None) post, then run them through the model as one batch.
+
+        A side the post lacks gets a stand-in input whose features are then blanked to their training mean
+        (as `mmsent ablate` does); with views, the same features give the text-only and image-only answers
+        too: the encoders run once, and the head once over the post and its blanked copies.
+        """
+        texts, read = [], []
         for i, post in enumerate(posts):
             try:
-                texts.append(self.check_post(*post))
+                text, sides = self.check_post(*post)
             except HTTPException as exc:
                 raise HTTPException(exc.status_code, post_error(i, len(posts), exc.detail)) from None
+            texts.append(text)
+            read.append(sides)
         records = [
-            Record(f"upload-{uuid.uuid4().hex[:8]}", None, text, UPLOAD_PATH, image_bytes=data)
+            Record(f"upload-{uuid.uuid4().hex[:8]}", None, text, UPLOAD_PATH,
+                   image_bytes=data if data is not None else stand_in_image())
             for (data, _, _), text in zip(posts, texts, strict=True)
         ]
         try:
             with self._lock:
                 # uploads are one-off inputs: keep their features off the on-disk cache; the lock also makes
                 # the encoders' image decoding one at a time
-                probs = self.run.predict_proba(records, quiet=True, use_cache=False)  # (N, C)
+                feats = self.run.features(records, quiet=True, use_cache=False)
+                answers = self.side_probabilities(feats, read, views)
         except DataError as exc:  # an image that passed its header check but cannot be decoded
             raise HTTPException(400, self.describe_problems(exc, records, posts)) from None
         except MmsentError as exc:
             raise HTTPException(400, str(exc)) from None
-        return [
-            Prediction(
-                tag=LABELS[int(p.argmax())],
-                probabilities={lab: round(float(x), 6) for lab, x in zip(LABELS, p, strict=True)},
-                model=self.name,
-            )
-            for p in probs
-        ]
+        return [self.prediction(i, sides, answers, views) for i, sides in enumerate(read)]
+
+    def side_probabilities(self, feats: dict, read: list[list[str]], views: bool) -> dict[tuple[str, ...], np.ndarray]:
+        """Probabilities (N, C) per combination of sides read: every side, and each side alone where needed."""
+        wanted = {side for sides in read if len(sides) < len(self.sides) for side in sides}
+        if views and len(self.sides) > 1:
+            wanted |= set(self.sides)
+        combinations = [tuple(self.sides), *((side,) for side in self.sides if side in wanted)]
+        drops = [frozenset(self.sides) - set(c) for c in combinations]
+        return dict(zip(combinations, self.run.predict_blanked(feats, drops), strict=True))
+
+    def prediction(self, i: int, sides: list[str], answers: dict[tuple[str, ...], np.ndarray], views: bool) -> Prediction:
+        """The answer for post i from the sides it has, its one-side views, and the sentence that explains it."""
+        tag, probabilities = class_answer(answers[tuple(sides)][i])
+        side_views = {}
+        if views and len(sides) > 1:
+            side_views = {side: View(**dict(zip(("tag", "probabilities"), class_answer(answers[(side,)][i]),
+                                                strict=True))) for side in sides}
+        return Prediction(tag=tag, probabilities=probabilities, model=self.name, inputs=sides, views=side_views,
+                          explanation=self.explain(tag, sides, side_views))
+
+    def explain(self, tag: str, sides: list[str], views: dict[str, View]) -> str:
+        """'The text is positive, the image is neutral; the answer follows the text.' or how a missing side was handled."""
+        if views:
+            said = {side: views[side].tag for side in sides}
+            text = "The " + ", the ".join(f"{side} is {said[side]}" for side in sides)
+            agreeing = [side for side in sides if said[side] == tag]
+            if len(agreeing) == len(sides):
+                return f"{text}: both point the same way."
+            if agreeing:
+                return f"{text}; the answer ({tag}) follows the {agreeing[0]}."
+            return f"{text}; together they read as {tag}."
+        missing = [side for side in self.sides if side not in sides]
+        if not missing:
+            return f"The model reads the {sides[0]} only." if len(self.sides) == 1 else ""
+        how = (f"the model was trained with modality dropout ({self.modality_dropout:g}), so it has seen posts with "
+               "one side blanked" if self.modality_dropout > 0 else
+               "the model was not trained with a side missing, so trust this answer less (`mmsent ablate` measures "
+               "how well it does so)")
+        return (f"{sides[0].capitalize()} only: no {missing[0]} was sent, so the {missing[0]} side was blanked to its "
+                f"training mean; {how}.")
 
     @staticmethod
     def describe_problems(exc: DataError, records: list[Record], posts: list[tuple[bytes, str, str]]) -> str:
@@ -381,6 +454,21 @@ def encoder_draft_size(encoders) -> int | None:
     return max(sizes) if sizes else None
 
 
+def class_answer(probs: np.ndarray) -> tuple[str, dict[str, float]]:
+    """The tag and the rounded probabilities of one row of class probabilities."""
+    return LABELS[int(probs.argmax())], {lab: round(float(x), 6) for lab, x in zip(LABELS, probs, strict=True)}
+
+
+@functools.cache
+def stand_in_image() -> bytes:
+    """A small grey JPEG for a post without an image: its features are blanked, so only its validity matters."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
 def readable_reason(reason: str) -> str:
     """PIL's 'cannot identify image file <_io.BytesIO ...>' names an in-memory buffer, not the upload."""
     if "cannot identify image file" in reason:
@@ -406,7 +494,7 @@ def require_multipart(request: Request) -> None:
     """Prediction requests are multipart/form-data; anything else is a 415, not a confusing 422."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise HTTPException(415, f"send multipart/form-data with an 'image' file and a 'text' field, not {content_type or 'no content type'!r}")
+        raise HTTPException(415, f"send multipart/form-data with an 'image' file and/or a 'text' field, not {content_type or 'no content type'!r}")
 
 
 async def read_image(upload: UploadFile, limit: int) -> tuple[bytes, str]:
@@ -459,6 +547,11 @@ def create_app(
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        # browsers ask for /favicon.ico whatever the page links; answer with the page's own icon
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/health", response_model=Health, summary="liveness: the model is loaded")
     def health() -> Health:
         return Health(model=predictor.name)
@@ -471,14 +564,16 @@ def create_app(
         "/predict",
         response_model=Prediction,
         **POST_OPTIONS,
-        summary="predict the sentiment of one post (image + text)",
+        summary="predict the sentiment of one post (image and text, or either alone)",
     )
     async def predict(
-        image: Annotated[UploadFile, File(description="the post's image (JPEG, PNG, ...)")],
-        text: Annotated[str, Form(description="the post's text")],
+        image: Annotated[UploadFile | None, File(description="the post's image (JPEG, PNG, ...); leave it out for "
+                                                 "a text-only post")] = None,
+        text: Annotated[str | None, Form(description="the post's text; leave it out for an image-only post")] = None,
+        views: Annotated[bool, Query(description="also answer from the text alone and the image alone")] = True,
     ) -> Prediction:
-        upload = await read_image(image, settings.max_image_bytes)
-        return (await _in_thread(predictor.predict, [(*upload, text)]))[0]
+        data, name = await read_image(image, settings.max_image_bytes) if image is not None else (None, "image")
+        return (await _in_thread(predictor.predict, [(data, name, text)], views))[0]
 
     @uploads.post(
         "/predict/batch",
@@ -489,13 +584,14 @@ def create_app(
     async def predict_batch(
         images: Annotated[list[UploadFile], File(description="the posts' images, in order")],
         texts: Annotated[list[str], Form(description="the posts' texts, in the same order")],
+        views: Annotated[bool, Query(description="also answer from the text alone and the image alone")] = True,
     ) -> BatchPrediction:
         if len(images) != len(texts):
             raise HTTPException(400, f"got {len(images)} images and {len(texts)} texts; send one text per image")
         if len(images) > settings.max_batch:
             raise HTTPException(413, f"{len(images)} posts in one batch, over the limit of {settings.max_batch}")
         posts = [(*await read_image(upload, settings.max_image_bytes), text) for upload, text in zip(images, texts, strict=True)]
-        return BatchPrediction(predictions=await _in_thread(predictor.predict, posts), model=predictor.name)
+        return BatchPrediction(predictions=await _in_thread(predictor.predict, posts, views), model=predictor.name)
 
     app.include_router(uploads)
     return app

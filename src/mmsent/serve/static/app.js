@@ -1,4 +1,5 @@
-// The page: pick or drop an image, type the text, POST both to /predict, show the tag and the class bars.
+// The page: pick or drop an image and/or type the text, POST them to /predict, show the tag, the class bars,
+// what the text alone and the image alone say, and the sentence that explains the answer.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const LABELS = ["negative", "neutral", "positive"];
@@ -17,31 +18,58 @@ function showError(message) {
   $("result").hidden = true;
 }
 
+function probabilityBar(label, p) {
+  const row = document.createElement("div");
+  row.className = "bar-row";
+  row.dataset.label = label;
+  const name = document.createElement("span");
+  name.textContent = label;
+  const track = document.createElement("div");
+  track.className = "bar-track";
+  const fill = document.createElement("div");
+  fill.className = "bar-fill " + label;
+  fill.style.width = (100 * p).toFixed(1) + "%";
+  track.append(fill);
+  const value = document.createElement("span");
+  value.className = "bar-value";
+  value.textContent = (100 * p).toFixed(1) + "%";
+  row.append(name, track, value);
+  return row;
+}
+
+// One small stacked bar per side: the three class probabilities of the text alone (or the image alone).
+function viewBar(side, view) {
+  const row = document.createElement("div");
+  row.className = "view-row";
+  row.dataset.side = side;
+  row.dataset.tag = view.tag;
+  const name = document.createElement("span");
+  name.textContent = side + " alone";
+  const track = document.createElement("div");
+  track.className = "view-track";
+  for (const label of LABELS) {
+    const part = document.createElement("div");
+    part.className = "bar-fill " + label;
+    part.style.width = (100 * view.probabilities[label]).toFixed(1) + "%";
+    part.title = label + " " + (100 * view.probabilities[label]).toFixed(1) + "%";
+    track.append(part);
+  }
+  const tag = document.createElement("span");
+  tag.className = "tag " + view.tag;
+  tag.textContent = view.tag;
+  row.append(name, track, tag);
+  return row;
+}
+
 function showResult(result) {
   $("error").hidden = true;
   $("tag").textContent = result.tag;
   $("tag").className = "tag " + result.tag;
-  const bars = $("bars");
-  bars.replaceChildren();
-  for (const label of LABELS) {
-    const p = result.probabilities[label];
-    const row = document.createElement("div");
-    row.className = "bar-row";
-    row.dataset.label = label;
-    const name = document.createElement("span");
-    name.textContent = label;
-    const track = document.createElement("div");
-    track.className = "bar-track";
-    const fill = document.createElement("div");
-    fill.className = "bar-fill " + label;
-    fill.style.width = (100 * p).toFixed(1) + "%";
-    track.append(fill);
-    const value = document.createElement("span");
-    value.className = "bar-value";
-    value.textContent = (100 * p).toFixed(1) + "%";
-    row.append(name, track, value);
-    bars.append(row);
-  }
+  $("bars").replaceChildren(...LABELS.map((label) => probabilityBar(label, result.probabilities[label])));
+  const sides = Object.keys(result.views || {});
+  $("view-bars").replaceChildren(...sides.map((side) => viewBar(side, result.views[side])));
+  $("views").hidden = sides.length === 0;
+  $("explanation").textContent = result.explanation || "";
   $("result").hidden = false;
 }
 
@@ -57,11 +85,11 @@ drop.addEventListener("drop", (e) => {
 
 $("form").addEventListener("submit", async (e) => {
   e.preventDefault();
-  if (!imageFile) return showError("Choose an image first.");
-  if (!$("text").value.trim()) return showError("Type the text of the post.");
+  const text = $("text").value.trim();
+  if (!imageFile && !text) return showError("Choose an image, type the text of the post, or both.");
   const body = new FormData();
-  body.append("image", imageFile);
-  body.append("text", $("text").value);
+  if (imageFile) body.append("image", imageFile);
+  if (text) body.append("text", text);
   $("submit").disabled = true;
   try {
     const response = await fetch("/predict", { method: "POST", body });
