@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsent import LABELS
+from mmsent import LABELS, distributed
 from mmsent.config import Config
 from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
@@ -46,7 +46,16 @@ from mmsent.errors import MmsentError
 from mmsent.factory import Preprocessing, create_encoders, create_model
 from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
-from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run, encoder_weights_blob
+from mmsent.run_folder import (
+    RunChanged,
+    RunFolder,
+    RunOrigin,
+    RunWriter,
+    Split,
+    create_run_once,
+    encoder_weights_blob,
+    predictions_path,
+)
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -108,7 +117,7 @@ def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dic
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: Path | None  # None in the other processes of a launch (the main process writes the run)
     metrics: dict
     fit: FitResult
     train_guids: list[str]
@@ -165,13 +174,15 @@ def train(
     `extra_train` and the folders of cfg.data.augment add records (augmented copies) to training.
     The leak guard checks all of it. `callbacks` see each epoch's record (a search pruner, for example).
     An existing run at out_dir is replaced only with `overwrite`, and only once the new one is complete.
+    Under `accelerate launch` / `torchrun` every process trains its part and the main one writes the run.
     """
-    with create_run(out_dir, overwrite) as writer:
+    quiet = quiet or not distributed.is_main_process()
+    with create_run_once(out_dir, overwrite) as writer:
         return train_into(writer, data_dir, cfg, quiet, dataset, split, extra_train, callbacks, origin)
 
 
 def train_into(
-    writer: RunWriter,
+    writer: RunWriter | None,
     data_dir: Path,
     cfg: Config,
     quiet: bool = False,
@@ -181,7 +192,10 @@ def train_into(
     callbacks: list[EpochCallback] | None = None,
     origin: RunOrigin | None = None,
 ) -> TrainResult:
-    """Train and write every file of the run through writer (see `train`)."""
+    """Train and write every file of the run through writer (see `train`).
+
+    writer is None in the other processes of a launch: they train with the main process and write nothing.
+    """
     t_start = time.perf_counter()
     apply_runtime(cfg)
     encoders = create_encoders(cfg)  # missing weights stop here, before any data work
@@ -190,7 +204,7 @@ def train_into(
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
     train_records = list(train_records) + list(extra_train or []) + augmented
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
-    if dataset.skipped:
+    if dataset.skipped and writer is not None:
         writer.write_skipped(dataset.skipped_rows())
     fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
     metrics = {**fitted.metrics, "total_seconds": round(time.perf_counter() - t_start, 2)}
@@ -199,12 +213,14 @@ def train_into(
         val=[r.guid for r in val_records],
         augmented=[r.guid for r in train_records if r.source_guid is not None],
     )
-    _write_run(writer, cfg, fitted.model, metrics, split_guids, fitted.result, val_records, fitted.probs, data_dir, origin,
-               fitted.tuned_weights)
+    if writer is not None:
+        _write_run(writer, cfg, fitted.model, metrics, split_guids, fitted.result, val_records, fitted.probs, data_dir,
+                   origin, fitted.tuned_weights)
     timings = {k: metrics[k] for k in ("encode_seconds", "train_seconds", "total_seconds")}
+    run_dir = writer.target if writer is not None else None
     return TrainResult(
-        writer.target, metrics, fitted.result, split_guids.train, split_guids.val, timings,
-        model=LoadedRun(writer.target, cfg, fitted.model),
+        run_dir, metrics, fitted.result, split_guids.train, split_guids.val, timings,
+        model=LoadedRun(run_dir, cfg, fitted.model),
     )
 
 
@@ -293,6 +309,10 @@ def fit_model(
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         encode_seconds=round(encode_seconds, 2),
         train_seconds=round(result.seconds, 2),
+        processes=distributed.process_count(),
+        # what each process did (one entry for a plain command): a launch shares the encoding and the batches
+        work_per_process=distributed.gather({"encoded": sum(s.computed for s in stats), "train_batches": result.batches,
+                                             "optimizer_steps": result.steps}),
     )
     return Fitted(model, result, probs, metrics, tuned_blob)
 
@@ -359,7 +379,8 @@ def _fit_cross_fitted(
     history = [{**record, "member": index} for index, r in enumerate(results) for record in r.history]
     merged = FitResult(history, int(np.median([r.best_epoch for r in results])),
                        float(np.mean([r.best_score for r in results])), any(r.stopped_early for r in results),
-                       sum(r.seconds for r in results))
+                       sum(r.seconds for r in results), batches=sum(r.batches for r in results),
+                       steps=sum(r.steps for r in results))
     return merged, oof
 
 
@@ -379,37 +400,46 @@ def _fit_finetune(
     """Train encoders and head end to end through Accelerate; backbones frozen for freeze_epochs.
 
     Encoders outside train.finetune stay frozen: `cached` holds their (train, validation) features, which
-    the batches carry instead of images or texts.
+    the batches carry instead of images or texts. Under a launcher each process trains on its share of
+    the batches (data parallel) and the validation predictions of all are gathered.
     """
-    from accelerate import Accelerator
-
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
+    accelerator = _accelerator(cfg)
     workers = cfg.runtime.num_workers
     train_batches = record_batches(train_records, y_train, preprocessing.train, preprocessing.collate, t.batch_size,
                                    shuffle=True, num_workers=workers, seed=t.seed, features=cached[0])
     val_batches = record_batches(val_records, y_val, preprocessing.eval, preprocessing.collate,
                                  cfg.runtime.encode_batch_size, shuffle=False, num_workers=workers, features=cached[1])
+    for name in model.cached:
+        model.encoders[name].requires_grad_(False)  # their features come from the cache: nothing of theirs trains
     backbone = model.backbone_parameters()
     groups = [{"params": list(model.classifier.parameters()), "lr": t.lr}]
     if backbone:
         groups.append({"params": backbone, "lr": t.backbone_lr})
 
-    def set_backbone_trainable(flag: bool) -> None:
+    def freeze_backbones_early(epoch: int) -> None:
+        # after the model is prepared: a process group's wrapper must see every weight that will ever train
         for p in backbone:
-            p.requires_grad_(flag)
+            p.requires_grad_(epoch > t.freeze_epochs)
 
-    def unfreeze_after(record: dict) -> None:
-        if record["epoch"] == t.freeze_epochs:
-            set_backbone_trainable(True)
-
-    set_backbone_trainable(t.freeze_epochs == 0)
-    result = fit(model, train_batches, val_batches, loss_fn, t, param_groups=groups,
-                 callbacks=[unfreeze_after, *(callbacks or [])], quiet=quiet, accelerator=accelerator)
-    set_backbone_trainable(True)
-    probs, _, _ = predict_proba(model, val_batches, accelerator.device)
+    result = fit(model, train_batches, val_batches, loss_fn, t, param_groups=groups, callbacks=callbacks, quiet=quiet,
+                 accelerator=accelerator, on_epoch_start=freeze_backbones_early)
+    for p in backbone:
+        p.requires_grad_(True)
     model.to("cpu")
-    return result, probs
+    return result, result.best_probs
+
+
+def _accelerator(cfg: Config):
+    """Accelerate for fine-tuning: device, mixed precision, accumulation, and the processes of a launch."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # a weight without a gradient in a step (frozen backbones of the first epochs, a pooler the model never
+    # uses) would stall the gradient exchange of several processes, unless the wrapper looks for such weights
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if distributed.launched() else []
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                       cpu=not torch.accelerator.is_available(), kwargs_handlers=handlers)
 
 
 @dataclass
@@ -537,16 +567,21 @@ def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, 
 def predict(
     run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
 ) -> list[tuple[str, str]]:
-    """Write `guid,tag` for every guid of guids_file, in its order, atomically."""
+    """Write `guid,tag` for every guid of guids_file, in its order, atomically.
+
+    Under a launcher the processes share the encoding and the main one writes.
+    """
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
+    quiet = quiet or not distributed.is_main_process()
     runs = load_runs(run_dir)
     records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
-    write_label_file(out_file, rows)
-    if problems:
-        skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
-        atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))
+    if distributed.is_main_process():
+        write_label_file(out_file, rows)
+        if problems:
+            skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
+            atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))
     return rows
 
 
@@ -564,13 +599,16 @@ def run(
 ) -> RunSummary:
     """Train, evaluate on the validation split and predict the test list; one complete run folder with predictions.txt."""
     t0 = time.perf_counter()
-    with create_run(out_dir, overwrite) as writer:
+    quiet = quiet or not distributed.is_main_process()
+    with create_run_once(out_dir, overwrite) as writer:
         dataset = load_training_data(Path(data_dir), cfg)
         result = train_into(writer, Path(data_dir), cfg, quiet, dataset=dataset, origin=origin or RunOrigin(kind="run"))
+        # every process of a launch: they share the encoding of the test list
         probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
         rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]
-        writer.write_predictions(rows)
-    return RunSummary(Path(out_dir), result.metrics, writer.predictions, len(rows), time.perf_counter() - t0)
+        if writer is not None:
+            writer.write_predictions(rows)
+    return RunSummary(Path(out_dir), result.metrics, predictions_path(out_dir), len(rows), time.perf_counter() - t0)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from mmsent import __version__
-from mmsent.errors import MmsentError
+from mmsent.distributed import LAUNCHABLE_COMMANDS, require_single_process
+from mmsent.errors import FollowerError, MmsentError
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
@@ -254,8 +255,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsent.engine.metrics import summary_line
 
     result = train(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
-    print(f"validation: {summary_line(result.metrics)}")
-    print(f"run folder: {result.run_dir}")
+    if result.run_dir is not None:  # the main process (the others of a launch trained with it)
+        print(f"validation: {summary_line(result.metrics)}")
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -271,19 +273,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from mmsent.api import predict
+    from mmsent.distributed import is_main_process
 
     rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
-    print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
+    if is_main_process():
+        print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmsent.api import run
+    from mmsent.distributed import is_main_process
 
     t0 = time.perf_counter()
     summary = run(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite,
                   origin=_origin(args, kind="run"))
+    if not is_main_process():
+        return 0  # the main process of the launch reports
     m = summary.metrics
     print("")
     print(f"validation (n={m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
@@ -523,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command not in LAUNCHABLE_COMMANDS:
+            require_single_process(args.command)
         return COMMANDS[args.command](args)
+    except FollowerError as exc:
+        return exc.exit_code  # the main process of the launch says why
     except MmsentError as exc:
         print(f"mmsent: error: {exc}", file=sys.stderr)
         return exc.exit_code

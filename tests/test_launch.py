@@ -1,0 +1,149 @@
+"""Fine-tuning under `accelerate launch` with two CPU processes (gloo): shared batches, gathered validation, one writer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import bert_options
+from safetensors.torch import load_file
+
+import mmsent
+from mmsent import LABELS
+from mmsent.api import load_run
+from mmsent.cli import main
+from mmsent.data.records import load_records
+from mmsent.encoders import create_encoder
+from mmsent.run_folder import RunFolder
+
+EPOCHS, BATCH = 3, 8  # 26 training posts: 4 batches an epoch, 2 for each of two processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(cache: Path) -> dict[str, str]:
+    """This checkout's code and a feature cache of the test's own, for the launched processes."""
+    src = str(Path(mmsent.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, MMSENT_CACHE=str(cache), OMP_NUM_THREADS="1")
+
+
+def finetune_args(dataset: Path, out: Path, tokenizer: str) -> list[str]:
+    """A tiny random BERT fine-tuned with VADER cached, its backbone frozen in the first epoch: seconds an epoch.
+
+    The learning rates make the second epoch the best, so the saved model holds a trained backbone.
+    """
+    return ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--preset", "finetune",
+            "--set", "model.encoders=[vader,bert]", "--set", f"model.encoder_options.bert={json.dumps(bert_options(tokenizer))}",
+            "--set", f"train.epochs={EPOCHS}", "--set", f"train.patience={EPOCHS}", "--set", f"train.batch_size={BATCH}",
+            "--set", "train.freeze_epochs=1", "--set", "train.lr=1e-4", "--set", "train.backbone_lr=1e-3",
+            "--set", "data.val_fraction=0.3", "--set", "runtime.num_workers=0", "--set", "runtime.threads=1"]
+
+
+def launch(args: list[str], env: dict[str, str], processes: int = 2) -> subprocess.CompletedProcess:
+    # --multi_gpu is Accelerate's name for its torchrun launcher; without a GPU the processes join over gloo
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), "-m", "mmsent.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def cached_items(cache: Path) -> list[tuple[str, str]]:
+    """(encoder folder, key) of every vector in every feature-cache shard file, duplicates included."""
+    items: list[tuple[str, str]] = []
+    for shard in sorted(cache.glob("features/*/shard-*.npz")):
+        with np.load(shard) as data:
+            items += [(shard.parent.name, str(k)) for k in data["keys"]]
+    return items
+
+
+def val_probabilities(run: Path) -> dict[str, np.ndarray]:
+    with (run / "val_predictions.csv").open(newline="") as f:
+        return {row["guid"]: np.array([float(row[f"p_{label}"]) for label in LABELS]) for row in csv.DictReader(f)}
+
+
+def test_two_processes_fine_tune_one_run(dataset: Path, tmp_path: Path, bert_tokenizer: str, capsys):
+    cache, run = tmp_path / "launch-cache", tmp_path / "runs" / "two"
+    done = launch(finetune_args(dataset, run, bert_tokenizer), child_env(cache))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("run folder:") == 1  # the main process reports, the other stays silent
+
+    # written once, by one process: a complete run, no private folder or second lock beside it
+    folder = RunFolder.open(run)
+    assert sorted(p.name for p in run.parent.iterdir()) == [".two.lock", "two"]
+    metrics = folder.metrics()
+    assert metrics["processes"] == 2 and len(metrics["work_per_process"]) == 2
+
+    # each process took half of the training batches, and so half of the optimiser steps
+    per_epoch = math.ceil(metrics["n_train"] / BATCH)
+    work = metrics["work_per_process"]
+    assert [w["train_batches"] for w in work] == [EPOCHS * math.ceil(per_epoch / 2)] * 2
+    # the encoding of the cold cache was shared: each process encoded part, each item was written once
+    items = cached_items(cache)
+    assert all(w["encoded"] > 0 for w in work) and sum(w["encoded"] for w in work) == len(items) == len(set(items))
+
+    # the same training in one process takes every batch: twice the steps of each of the two
+    single = tmp_path / "runs" / "one"
+    assert main(finetune_args(dataset, single, bert_tokenizer)) == 0
+    (alone,) = RunFolder.open(single).metrics()["work_per_process"]
+    assert alone["train_batches"] == EPOCHS * per_epoch
+    assert all(w["optimizer_steps"] <= alone["optimizer_steps"] / 2 + 1 for w in work)
+
+    # the saved model, alone in this process, predicts the validation posts as the two processes did together:
+    # the gathered predictions are in order, and the processes' weights stayed the same, backbone included
+    assert metrics["best_epoch"] > 1, "the check below needs a saved backbone that trained (after the frozen epoch)"
+    initial = create_encoder("bert", **bert_options(bert_tokenizer)).state_dict()
+    tuned = load_file(str(run / "encoders.safetensors"))
+    assert any(not torch.equal(v, tuned[f"bert.{k}"]) for k, v in initial.items())
+    val = folder.split().val
+    labels = tmp_path / "val.txt"
+    tags = {r.guid: r.tag for r in load_records(dataset, dataset / "train.txt", labelled=True)[0]}
+    labels.write_text("guid,tag\n" + "".join(f"{g},{tags[g]}\n" for g in val))
+    records = load_records(dataset, labels, labelled=True)[0]
+    probs = load_run(run).predict_proba(records, quiet=True)
+    reported = val_probabilities(run)
+    assert list(reported) == val
+    np.testing.assert_allclose(probs, np.stack([reported[g] for g in val]), atol=2e-6)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(dataset), "--labels", str(labels), "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["n"] == metrics["n"] == len(val)
+    assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"]) and evaluated["macro_f1"] == pytest.approx(metrics["macro_f1"])
+
+
+def test_a_refusal_of_the_main_process_stops_every_process_with_one_message(dataset: Path, tmp_path: Path):
+    """An existing run without --overwrite: the main process says why, the other stops too, nothing changes."""
+    run = tmp_path / "taken"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    done = launch(["train", "--data", str(dataset), "--out", str(run), "--quiet", "--set", "model.encoders=[vader]"],
+                  child_env(tmp_path / "cache"))
+    assert done.returncode != 0
+    assert done.stderr.count("mmsent: error:") == 1 and "is a folder that is not a run" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["ds", "taken"]
+
+
+def test_commands_that_run_as_one_process_refuse_a_launch(dataset: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("train.lr: [1.0e-3]\n")
+    assert main(["search", "--data", str(dataset), "--out", str(tmp_path / "s"), "--grid", str(grid)]) == 2
+    assert "mmsent search runs as one process" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert main(["search", "--data", str(dataset), "--out", str(tmp_path / "s"), "--grid", str(grid)]) == 2
+    assert capsys.readouterr().err == ""  # the first process said it
+    assert not (tmp_path / "s").exists()
