@@ -30,7 +30,7 @@ RUN_FILES = [run_folder.CONFIG_FILE, run_folder.WEIGHTS_FILE, run_folder.SPEC_FI
 # the same names meaning other files
 OTHER_FILES = {
     ("encoders/minilm.py", "model.safetensors"): "the Hugging Face model's own weights",
-    ("api.py", ".skipped.json"): "the companion of a prediction file written by `mmsent predict`",
+    ("data/shards.py", ".skipped.json"): "the companion of a prediction file written by `mmsent predict`",
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from mmsent.data.records import (
     raise_on_problems,
     require_data_dir,
 )
+from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
@@ -44,7 +44,7 @@ from mmsent.engine.trainer import (
 )
 from mmsent.errors import MmsentError
 from mmsent.factory import Preprocessing, create_encoders, create_model
-from mmsent.files import atomic_write_text, check_output_file
+from mmsent.files import check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
 from mmsent.run_folder import (
     RunChanged,
@@ -530,8 +530,10 @@ def _load_run(folder: RunFolder) -> LoadedRun:
     return LoadedRun(folder.path, cfg, model)
 
 
-def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int) -> tuple[list[Record], list]:
-    records, problems = load_records(require_data_dir(Path(data_dir)), Path(list_file), labelled, max_pixels)
+def _load_list(
+    data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int, shard: Shard | None = None
+) -> tuple[list[Record], list]:
+    records, problems = load_records(require_data_dir(Path(data_dir)), Path(list_file), labelled, max_pixels, shard)
     raise_on_problems(problems, on_error)
     return records, problems
 
@@ -565,23 +567,23 @@ def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, 
 
 
 def predict(
-    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False,
+    on_error: str = "fail", shard: Shard | None = None,
 ) -> list[tuple[str, str]]:
-    """Write `guid,tag` for every guid of guids_file, in its order, atomically.
+    """Write `guid,tag` for every guid of guids_file (or of its `shard`), in its order, atomically.
 
+    Guids skipped with on_error="skip" are listed beside the file, which `merge_predictions` reads.
     Under a launcher the processes share the encoding and the main one writes.
     """
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
     quiet = quiet or not distributed.is_main_process()
     runs = load_runs(run_dir)
-    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
+    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels, shard)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
     if distributed.is_main_process():
         write_label_file(out_file, rows)
-        if problems:
-            skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
-            atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))
+        write_skipped_companion(out_file, problems)
     return rows
 
 
@@ -612,6 +614,6 @@ def run(
 
 
 __all__ = [
-    "LoadedRun", "RunOrigin", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
-    "predict", "run", "train", "TEST_LIST",
+    "LoadedRun", "RunOrigin", "RunSummary", "Shard", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
+    "merge_predictions", "predict", "run", "train", "TEST_LIST",
 ]

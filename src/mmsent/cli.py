@@ -88,7 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only the I-th of N contiguous parts of the guid list (1 <= I <= N); "
+                        "join the N files with `mmsent merge-predictions`")
     _add_common(p)
+
+    p = sub.add_parser("merge-predictions", help="join the prediction files of a guid list's shards, in the list's order")
+    p.add_argument("--guids", type=Path, required=True, help="the 'guid,tag' list the shards were predicted from")
+    p.add_argument("--out", type=Path, required=True, help="prediction file to write")
+    p.add_argument("shards", type=Path, nargs="+", metavar="SHARD_FILE", help="the prediction file of every shard")
 
     p = sub.add_parser("run", help="train, evaluate on validation, predict the test list")
     p.add_argument("--data", type=Path, required=True)
@@ -272,13 +280,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmsent.api import predict
+    from mmsent.api import Shard, predict
     from mmsent.distributed import is_main_process
 
-    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
+    shard = Shard.parse(args.shard) if args.shard else None
+    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, shard=shard)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
+    part = f" (shard {shard} of {args.guids})" if shard else ""
     if is_main_process():
-        print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
+        print(f"wrote {len(rows)} predictions to {args.out}{part}{ensemble}")
+    return 0
+
+
+def cmd_merge_predictions(args: argparse.Namespace) -> int:
+    from mmsent.api import merge_predictions
+
+    merged = merge_predictions(args.guids, args.shards, args.out)
+    skipped = f"; {len(merged.skipped)} guid(s) skipped by their shards, listed beside it" if merged.skipped else ""
+    print(f"merged {len(merged.rows)} predictions from {len(args.shards)} file(s) into {args.out}{skipped}")
     return 0
 
 
@@ -507,6 +526,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "merge-predictions": cmd_merge_predictions,
     "run": cmd_run,
     "data": cmd_data,
     "models": cmd_models,
