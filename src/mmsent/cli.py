@@ -183,7 +183,8 @@ def _add_experiment_parsers(sub) -> None:
     space.add_argument("--grid", type=Path, help="YAML: config key -> list of values (every combination)")
     space.add_argument("--space", type=Path, help="YAML: config key -> {low, high, log} or {choices} (TPE)")
     p.add_argument("--trials", type=int, help="trials to run in this call (required with --space)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it between machines")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it between machines, e.g. "
+                                     "postgresql://USER:PASSWORD@HOST:5432/DB (needs pip install 'mmsent[postgres]')")
     p.add_argument("--study-name", default="mmsent-search")
     p.add_argument("--objective", default="macro_f1", help="validation metric to maximise")
     p.add_argument("--no-prune", action="store_true", help="no median pruning of hopeless trials")
@@ -419,10 +420,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mmsent.experiments.search import SearchSpace, load_grid, load_space, run_search
+    from mmsent.experiments.search import SearchSpace, load_grid, load_space, run_search, shown_storage
 
     space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
-    result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
+    # the command is recorded in the search's manifest: never with the database password
+    argv = [a.replace(args.storage, shown_storage(args.storage)) for a in args.argv] if args.storage else args.argv
+    result = run_search(args.data, args.out, _config(args), space, command_line(argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
                         prune=not args.no_prune, quiet=args.quiet or not args.verbose)
     for note in result.dead:
