@@ -68,16 +68,20 @@ def write_list(path: Path, rows: list[tuple[str, str]]) -> None:
     path.write_text("guid,tag\n" + "".join(f"{g},{t}\n" for g, t in rows), encoding="utf-8")
 
 
-@pytest.fixture(scope="session")
-def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A BertTokenizer folder built from a tiny vocab.txt."""
+def make_bert_tokenizer(root: Path) -> str:
+    """A BertTokenizer folder built from a tiny vocab.txt, in root; its path."""
     from transformers import BertTokenizer
 
-    root = tmp_path_factory.mktemp("berttok")
+    root.mkdir(parents=True, exist_ok=True)
     vocab = root / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TOKEN_WORDS, *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
     BertTokenizer(str(vocab)).save_pretrained(str(root / "tok"))
     return str(root / "tok")
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_bert_tokenizer(tmp_path_factory.mktemp("berttok"))
 
 
 def bert_options(tokenizer: str, **extra) -> dict:

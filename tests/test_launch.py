@@ -5,19 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import bert_options
+from launching import child_env, launch, tiny_finetune_args
 from safetensors.torch import load_file
 
-import mmsent
 from mmsent import LABELS
 from mmsent.api import load_run
 from mmsent.cli import main
@@ -28,37 +24,8 @@ from mmsent.run_folder import RunFolder
 EPOCHS, BATCH = 3, 8  # 26 training posts: 4 batches an epoch, 2 for each of two processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(cache: Path) -> dict[str, str]:
-    """This checkout's code and a feature cache of the test's own, for the launched processes."""
-    src = str(Path(mmsent.__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    return dict(os.environ, PYTHONPATH=path, MMSENT_CACHE=str(cache), OMP_NUM_THREADS="1")
-
-
 def finetune_args(dataset: Path, out: Path, tokenizer: str) -> list[str]:
-    """A tiny random BERT fine-tuned with VADER cached, its backbone frozen in the first epoch: seconds an epoch.
-
-    The learning rates make the second epoch the best, so the saved model holds a trained backbone.
-    """
-    return ["train", "--data", str(dataset), "--out", str(out), "--quiet", "--preset", "finetune",
-            "--set", "model.encoders=[vader,bert]", "--set", f"model.encoder_options.bert={json.dumps(bert_options(tokenizer))}",
-            "--set", f"train.epochs={EPOCHS}", "--set", f"train.patience={EPOCHS}", "--set", f"train.batch_size={BATCH}",
-            "--set", "train.freeze_epochs=1", "--set", "train.lr=1e-4", "--set", "train.backbone_lr=1e-3",
-            "--set", "data.val_fraction=0.3", "--set", "runtime.num_workers=0", "--set", "runtime.threads=1"]
-
-
-def launch(args: list[str], env: dict[str, str], processes: int = 2) -> subprocess.CompletedProcess:
-    # --multi_gpu is Accelerate's name for its torchrun launcher; without a GPU the processes join over gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "mmsent.cli", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return tiny_finetune_args(dataset, out, tokenizer, EPOCHS, BATCH)
 
 
 def cached_items(cache: Path) -> list[tuple[str, str]]:
