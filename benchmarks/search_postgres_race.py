@@ -7,9 +7,11 @@ Starts a throwaway PostgreSQL server (tests/postgres_cluster.py: initdb in a tem
 free port), then N times: a fresh database, `--workers` search processes started together on one study
 of the grid. By default they are `mmsent search` commands (3x3 grid of train.lr x model.hidden_dim, tiny
 trials on the synthetic data set of the tests unless --data says otherwise). Real workers seldom sample
-within the same milliseconds, so `--stub-training` makes the race hard: the workers run the same
-run_search with a training that takes 0 to 20 ms and only records which point it trained, all start at
-one agreed moment, and the grid is 4x4. Each repetition counts grid points trained more than once
+within the same milliseconds, so `--stub-training` makes the race hard: every worker is still the
+`mmsent search` command (mmsent.cli.main: the real study, claim protocol and table on the real server),
+but its training of a trial is replaced by one that takes 0 to 20 ms and only records which point it
+trained, all workers sample their first point at one agreed moment, and the grid is 4x4. Each
+repetition counts grid points trained more than once
 (duplicates: must be 0), points not finished (must be 0), and the trials that found their point taken
 by a rival and yielded (the races the claim protocol settled). Prints a Markdown table; writes JSON.
 """
@@ -52,42 +54,45 @@ def child_env() -> dict[str, str]:
 
 
 def worker_command(data: Path, out: Path, grid: Path, storage: str, overrides: list[str], start_at: float | None) -> list[str]:
-    """An `mmsent search` worker, or (start_at given) a stub-training worker that starts at that moment."""
+    """An `mmsent search` worker; with start_at, one whose training is a stub and whose sampling starts then."""
     if start_at is None:
         cmd = [sys.executable, "-m", "mmsent.cli", "search"]
     else:
-        cmd = [sys.executable, __file__, "--stub-worker", "--start-at", repr(start_at)]
+        cmd = [sys.executable, __file__, "--stub-worker", "--start-at", repr(start_at), "--"]
     cmd += ["--data", str(data), "--out", str(out), "--grid", str(grid), "--storage", storage]
     for item in overrides:
         cmd += ["--set", item]
-    return cmd + (["--study-name", "race", "--quiet"] if start_at is None else [])
+    return cmd + ["--study-name", "race", "--quiet"]
 
 
-def stub_worker(args: argparse.Namespace) -> None:
-    """run_search with a training of a few milliseconds that records the point it trained (no model, no files)."""
+def stub_worker(search_args: list[str], start_at: float) -> int:
+    """`mmsent search SEARCH_ARGS` in this process, its training replaced by a few milliseconds that record the point."""
     import random
     from types import SimpleNamespace
 
     import mmsent.experiments.search as search
-    from mmsent.config import load_config
+    from mmsent.cli import main as mmsent_main
 
-    grid = yaml.safe_load(args.grid.read_text())
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = Path(search_args[search_args.index("--out") + 1])
+    grid = yaml.safe_load(Path(search_args[search_args.index("--grid") + 1]).read_text())
     rng = random.Random()
+    load_training_data = search.load_training_data
 
-    def train(data_dir, run_dir, cfg, **kwargs):  # noqa: ANN001 - api.train's signature
+    def loaded_then_wait(*args, **kwargs):  # noqa: ANN002, ANN003 - api.load_training_data's signature
+        dataset = load_training_data(*args, **kwargs)
+        time.sleep(max(0.0, start_at - time.time()))  # every worker samples its first point at the same moment
+        return dataset
+
+    def train(data_dir, run_dir, cfg, **kwargs):  # noqa: ANN001, ANN003 - api.train's signature
         point = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in grid}
-        with (args.out / TRAINED_LOG).open("a") as log:
+        with (out / TRAINED_LOG).open("a") as log:
             log.write(json.dumps(point, sort_keys=True) + "\n")
         time.sleep(rng.uniform(0.0, 0.02))
         score = rng.random()
         return SimpleNamespace(metrics={"accuracy": score, "macro_f1": score, "best_epoch": 1}, timings={})
 
-    search.train = train
-    cfg = load_config(None, args.overrides)
-    time.sleep(max(0.0, args.start_at - time.time()))  # all workers sample their first points at once
-    search.run_search(args.data, args.out, cfg, search.SearchSpace(grid=grid), "stub worker", storage=args.storage,
-                      study_name="race", quiet=True)
+    search.load_training_data, search.train = loaded_then_wait, train
+    return mmsent_main(["search", *search_args])
 
 
 def run_workers(commands: list[list[str]], logs: list[Path]) -> tuple[list[int], float]:
@@ -139,18 +144,16 @@ def main() -> None:
     parser.add_argument("--stub-training", action="store_true", help="workers whose training takes milliseconds")
     parser.add_argument("--stub-worker", action="store_true", help=argparse.SUPPRESS)  # one such worker (internal)
     parser.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--storage", help=argparse.SUPPRESS)
     parser.add_argument("--repetitions", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, help="data set folder (default: the tests' synthetic one, made in a temp folder)")
     parser.add_argument("--grid", type=Path, help="grid file (default: 3x3 train.lr x model.hidden_dim)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     parser.add_argument("--json", type=Path, help="default: benchmarks/results/search_postgres_race[_stub].json")
+    if "--stub-worker" in sys.argv:  # a worker: its own arguments are those of `mmsent search`, after --
+        args = parser.parse_args(sys.argv[1:sys.argv.index("--")])
+        sys.exit(stub_worker(sys.argv[sys.argv.index("--") + 1:], args.start_at))
     args = parser.parse_args()
-    if args.stub_worker:
-        stub_worker(args)
-        return
     stub = args.stub_training
     json_path = args.json or REPO / "benchmarks" / "results" / f"search_postgres_race{'_stub' if stub else ''}.json"
     work = Path(tempfile.mkdtemp(prefix="mmsent-pg-race-"))
@@ -167,7 +170,7 @@ def main() -> None:
                 outs = [work / f"rep{i:02d}" / f"worker{w}" for w in range(args.workers)]
                 logs = [out.with_suffix(".log") for out in outs]
                 outs[0].parent.mkdir(parents=True)
-                start_at = time.time() + 15 if stub else None  # time enough for every worker to import
+                start_at = time.time() + 25 if stub else None  # time enough for every worker to import and load the data
                 commands = [worker_command(data, out, grid_file, storage, overrides, start_at) for out in outs]
                 codes, seconds = run_workers(commands, logs)
                 row = {"repetition": i, "exit_codes": codes, "seconds": round(seconds, 1),
