@@ -114,3 +114,25 @@ def test_commands_that_run_as_one_process_refuse_a_launch(dataset: Path, tmp_pat
     assert main(["search", "--data", str(dataset), "--out", str(tmp_path / "s"), "--grid", str(grid)]) == 2
     assert capsys.readouterr().err == ""  # the first process said it
     assert not (tmp_path / "s").exists()
+
+
+def test_a_launched_frozen_training_shares_the_encoding_and_trains_as_one_process(dataset: Path, tmp_path: Path):
+    """The default training (cross-fitted L-BFGS heads on cached features) in two processes: the same run as in one.
+
+    Only the encoding of the cold cache is shared; each process then trains the same heads on all features.
+    """
+    args = ["train", "--data", str(dataset), "--quiet", "--set", "model.encoders=[vader,lexicon]"]
+    done = launch([*args, "--out", str(tmp_path / "two")], child_env(tmp_path / "launch-cache"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    two, one = RunFolder.open(tmp_path / "two").metrics(), RunFolder.open(tmp_path / "one").metrics()
+    assert two["processes"] == 2 and one["processes"] == 1
+    (alone,) = one["work_per_process"]
+    assert [w["encoded"] > 0 for w in two["work_per_process"]] == [True, True]
+    assert sum(w["encoded"] for w in two["work_per_process"]) == alone["encoded"]
+    assert [w["optimizer_steps"] for w in two["work_per_process"]] == [alone["optimizer_steps"]] * 2
+    assert {k: two[k] for k in ("accuracy", "macro_f1", "best_epoch", "decision")} == {
+        k: one[k] for k in ("accuracy", "macro_f1", "best_epoch", "decision")}
+    launched, single = val_probabilities(tmp_path / "two"), val_probabilities(tmp_path / "one")
+    assert list(launched) == list(single)
+    np.testing.assert_allclose(np.stack(list(launched.values())), np.stack(list(single.values())), atol=1e-6)
