@@ -15,6 +15,9 @@ WORDS = {
     "neutral": ["the report", "a table", "meeting at noon", "bus schedule", "new post"],
     "negative": ["hate", "sad", "terrible", "awful news", "so angry"],
 }
+TOKEN_WORDS = ["love", "happy", "great", "sad", "hate", "the", "report", "a", "photo", "of", "cat", "day", "so", "good"]
+# a tiny random transformer (BERT, CLIP and BLIP towers): trains in a blink, no download
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
 COLOURS = {"positive": (230, 190, 40), "neutral": (120, 120, 120), "negative": (30, 40, 160)}
 
 
@@ -63,6 +66,27 @@ def write_post(data: Path, guid: str, text: str, image: Image.Image, gb18030: bo
 
 def write_list(path: Path, rows: list[tuple[str, str]]) -> None:
     path.write_text("guid,tag\n" + "".join(f"{g},{t}\n" for g, t in rows), encoding="utf-8")
+
+
+def make_bert_tokenizer(root: Path) -> str:
+    """A BertTokenizer folder built from a tiny vocab.txt, in root; its path."""
+    from transformers import BertTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TOKEN_WORDS, *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
+    BertTokenizer(str(vocab)).save_pretrained(str(root / "tok"))
+    return str(root / "tok")
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_bert_tokenizer(tmp_path_factory.mktemp("berttok"))
+
+
+def bert_options(tokenizer: str, **extra) -> dict:
+    """Options of the `bert` encoder for a tiny random BERT with the tokenizer of `bert_tokenizer`."""
+    return {"pretrained": False, "tokenizer": tokenizer, "config": {**TINY, "vocab_size": 64, "max_position_embeddings": 64}, **extra}
 
 
 @pytest.fixture

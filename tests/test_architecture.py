@@ -12,8 +12,8 @@ SRC = Path(mmsent.__file__).parent
 # lower layers never import higher ones; a module may import its own layer and below
 LAYERS = [
     ("mmsent.reporting.plots", 0), ("mmsent.reporting.experiment_plots", 0), ("mmsent.reporting.error_plots", 0),
-    ("mmsent.errors", 0), ("mmsent.files", 0), ("mmsent.config", 0), ("mmsent.tables", 0), ("mmsent.presets", 0),
-    ("mmsent.stats", 0), ("mmsent.progress", 0),
+    ("mmsent.errors", 0), ("mmsent.distributed", 0), ("mmsent.files", 0), ("mmsent.config", 0), ("mmsent.tables", 0),
+    ("mmsent.presets", 0), ("mmsent.stats", 0), ("mmsent.progress", 0),
     ("mmsent.data", 1),
     ("mmsent.run_folder", 2), ("mmsent.heldout", 2),
     ("mmsent.encoders", 3), ("mmsent.heads", 3),
@@ -31,7 +31,7 @@ RUN_FILES = [run_folder.CONFIG_FILE, run_folder.WEIGHTS_FILE, run_folder.SPEC_FI
 # the same names meaning other files
 OTHER_FILES = {
     ("encoders/minilm.py", "model.safetensors"): "the Hugging Face model's own weights",
-    ("api.py", ".skipped.json"): "the companion of a prediction file written by `mmsent predict`",
+    ("data/shards.py", ".skipped.json"): "the companion of a prediction file written by `mmsent predict`",
 }
 
 

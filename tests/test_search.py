@@ -195,3 +195,22 @@ def test_sigkill_mid_trial_then_rerun_completes_the_grid(dataset, tmp_path, caps
     assert "dead worker: trial 0" in capsys.readouterr().out
     study = _assert_grid_done_once(out)
     assert study.trials[0].state == TrialState.FAIL
+
+
+@pytest.mark.parametrize(("storage", "needle"), [
+    ("postgresql://mmsent:secret@127.0.0.1:1/nowhere", "cannot open the study 'mmsent-search' in postgresql://mmsent:***@127.0.0.1:1/nowhere"),
+    ("not a url", "is not a database URL"),
+    ("postgresql+nosuchdriver://mmsent:secret@127.0.0.1:1/x", "is not a database URL"),
+])
+def test_a_storage_that_cannot_be_opened_is_a_message(dataset, tmp_path, capsys, storage: str, needle: str):
+    assert main(_search_args(dataset, tmp_path / "s", _grid(tmp_path), "--storage", storage)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmsent: error:") and needle in err and "secret" not in err and "Traceback" not in err
+
+
+def test_a_missing_postgresql_driver_says_how_to_install_it(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `pip install 'mmsent[postgres]'` had not been run
+    storage = "postgresql://mmsent:secret@127.0.0.1:1/x"
+    assert main(_search_args(dataset, tmp_path / "s", _grid(tmp_path), "--storage", storage)) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'mmsent[postgres]'" in err and "secret" not in err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, bert_options
 
 from mmsent import LABELS
 from mmsent.cli import main
@@ -15,21 +16,7 @@ from mmsent.data.records import load_dataset
 from mmsent.encoders import create_encoder
 from mmsent.errors import MmsentError, WeightsNotFoundError
 
-WORDS = ["love", "happy", "great", "sad", "hate", "the", "report", "a", "photo", "of", "cat", "day", "so", "good"]
-TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
 TINY_VISION = {**TINY, "image_size": 32, "patch_size": 8}
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer(tmp_path_factory) -> str:
-    """A BertTokenizer folder built from a tiny vocab.txt."""
-    from transformers import BertTokenizer
-
-    root = tmp_path_factory.mktemp("berttok")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
-    BertTokenizer(str(vocab)).save_pretrained(str(root / "tok"))
-    return str(root / "tok")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +40,6 @@ def small_dataset(tmp_path: Path) -> Path:
     from conftest import make_dataset
 
     return make_dataset(tmp_path / "small", per_class=7, n_test=3)
-
-
-def bert_options(tokenizer: str, **extra) -> dict:
-    return {"pretrained": False, "tokenizer": tokenizer, "config": {**TINY, "vocab_size": 64, "max_position_embeddings": 64}, **extra}
 
 
 def clip_options(tokenizer: str | None = None) -> dict:

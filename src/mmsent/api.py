@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsent import LABELS, heldout
+from mmsent import LABELS, distributed, heldout
 from mmsent.config import Config
 from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
@@ -29,6 +28,7 @@ from mmsent.data.records import (
     records_for_guids,
     require_data_dir,
 )
+from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
@@ -45,9 +45,18 @@ from mmsent.engine.trainer import (
 )
 from mmsent.errors import MmsentError
 from mmsent.factory import Preprocessing, create_encoders, create_model
-from mmsent.files import atomic_write_text, check_output_file
+from mmsent.files import check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
-from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run, encoder_weights_blob
+from mmsent.run_folder import (
+    RunChanged,
+    RunFolder,
+    RunOrigin,
+    RunWriter,
+    Split,
+    create_run_once,
+    encoder_weights_blob,
+    predictions_path,
+)
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -109,7 +118,7 @@ def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dic
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: Path | None  # None in the other processes of a launch (the main process writes the run)
     metrics: dict
     fit: FitResult
     train_guids: list[str]
@@ -166,13 +175,15 @@ def train(
     `extra_train` and the folders of cfg.data.augment add records (augmented copies) to training.
     The leak guard checks all of it. `callbacks` see each epoch's record (a search pruner, for example).
     An existing run at out_dir is replaced only with `overwrite`, and only once the new one is complete.
+    Under `accelerate launch` / `torchrun` every process trains its part and the main one writes the run.
     """
-    with create_run(out_dir, overwrite) as writer:
+    quiet = quiet or not distributed.is_main_process()
+    with create_run_once(out_dir, overwrite) as writer:
         return train_into(writer, data_dir, cfg, quiet, dataset, split, extra_train, callbacks, origin)
 
 
 def train_into(
-    writer: RunWriter,
+    writer: RunWriter | None,
     data_dir: Path,
     cfg: Config,
     quiet: bool = False,
@@ -182,7 +193,10 @@ def train_into(
     callbacks: list[EpochCallback] | None = None,
     origin: RunOrigin | None = None,
 ) -> TrainResult:
-    """Train and write every file of the run through writer (see `train`)."""
+    """Train and write every file of the run through writer (see `train`).
+
+    writer is None in the other processes of a launch: they train with the main process and write nothing.
+    """
     t_start = time.perf_counter()
     apply_runtime(cfg)
     encoders = create_encoders(cfg)  # missing weights stop here, before any data work
@@ -191,7 +205,7 @@ def train_into(
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
     train_records = list(train_records) + list(extra_train or []) + augmented
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
-    if dataset.skipped:
+    if dataset.skipped and writer is not None:
         writer.write_skipped(dataset.skipped_rows())
     fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
     metrics = {**fitted.metrics, "total_seconds": round(time.perf_counter() - t_start, 2)}
@@ -200,12 +214,14 @@ def train_into(
         val=[r.guid for r in val_records],
         augmented=[r.guid for r in train_records if r.source_guid is not None],
     )
-    _write_run(writer, cfg, fitted.model, metrics, split_guids, fitted.result, val_records, fitted.probs, data_dir, origin,
-               fitted.tuned_weights)
+    if writer is not None:
+        _write_run(writer, cfg, fitted.model, metrics, split_guids, fitted.result, val_records, fitted.probs, data_dir,
+                   origin, fitted.tuned_weights)
     timings = {k: metrics[k] for k in ("encode_seconds", "train_seconds", "total_seconds")}
+    run_dir = writer.target if writer is not None else None
     return TrainResult(
-        writer.target, metrics, fitted.result, split_guids.train, split_guids.val, timings,
-        model=LoadedRun(writer.target, cfg, fitted.model),
+        run_dir, metrics, fitted.result, split_guids.train, split_guids.val, timings,
+        model=LoadedRun(run_dir, cfg, fitted.model),
     )
 
 
@@ -287,6 +303,10 @@ def fit_model(
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         encode_seconds=round(encode_seconds, 2),
         train_seconds=round(result.seconds, 2),
+        processes=distributed.process_count(),
+        # what each process did (one entry for a plain command): a launch shares the encoding and the batches
+        work_per_process=distributed.gather({"encoded": sum(s.computed for s in stats), "train_batches": result.batches,
+                                             "optimizer_steps": result.steps}),
     )
     return Fitted(model, result, probs, metrics, tuned_blob)
 
@@ -379,7 +399,8 @@ def _fit_cross_fitted(
     history = [{**record, "member": index} for index, r in enumerate(results) for record in r.history]
     merged = FitResult(history, int(np.median([r.best_epoch for r in results])),
                        float(np.mean([r.best_score for r in results])), any(r.stopped_early for r in results),
-                       sum(r.seconds for r in results))
+                       sum(r.seconds for r in results), batches=sum(r.batches for r in results),
+                       steps=sum(r.steps for r in results))
     return merged, oof
 
 
@@ -399,37 +420,46 @@ def _fit_finetune(
     """Train encoders and head end to end through Accelerate; backbones frozen for freeze_epochs.
 
     Encoders outside train.finetune stay frozen: `cached` holds their (train, validation) features, which
-    the batches carry instead of images or texts.
+    the batches carry instead of images or texts. Under a launcher each process trains on its share of
+    the batches (data parallel) and the validation predictions of all are gathered.
     """
-    from accelerate import Accelerator
-
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
+    accelerator = _accelerator(cfg)
     workers = cfg.runtime.num_workers
     train_batches = record_batches(train_records, y_train, preprocessing.train, preprocessing.collate, t.batch_size,
                                    shuffle=True, num_workers=workers, seed=t.seed, features=cached[0])
     val_batches = record_batches(val_records, y_val, preprocessing.eval, preprocessing.collate,
                                  cfg.runtime.encode_batch_size, shuffle=False, num_workers=workers, features=cached[1])
+    for name in model.cached:
+        model.encoders[name].requires_grad_(False)  # their features come from the cache: nothing of theirs trains
     backbone = model.backbone_parameters()
     groups = [{"params": list(model.classifier.parameters()), "lr": t.lr}]
     if backbone:
         groups.append({"params": backbone, "lr": t.backbone_lr})
 
-    def set_backbone_trainable(flag: bool) -> None:
+    def freeze_backbones_early(epoch: int) -> None:
+        # after the model is prepared: a process group's wrapper must see every weight that will ever train
         for p in backbone:
-            p.requires_grad_(flag)
+            p.requires_grad_(epoch > t.freeze_epochs)
 
-    def unfreeze_after(record: dict) -> None:
-        if record["epoch"] == t.freeze_epochs:
-            set_backbone_trainable(True)
-
-    set_backbone_trainable(t.freeze_epochs == 0)
-    result = fit(model, train_batches, val_batches, loss_fn, t, param_groups=groups,
-                 callbacks=[unfreeze_after, *(callbacks or [])], quiet=quiet, accelerator=accelerator)
-    set_backbone_trainable(True)
-    probs, _, _ = predict_proba(model, val_batches, accelerator.device)
+    result = fit(model, train_batches, val_batches, loss_fn, t, param_groups=groups, callbacks=callbacks, quiet=quiet,
+                 accelerator=accelerator, on_epoch_start=freeze_backbones_early)
+    for p in backbone:
+        p.requires_grad_(True)
     model.to("cpu")
-    return result, probs
+    return result, result.best_probs
+
+
+def _accelerator(cfg: Config):
+    """Accelerate for fine-tuning: device, mixed precision, accumulation, and the processes of a launch."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # a weight without a gradient in a step (frozen backbones of the first epochs, a pooler the model never
+    # uses) would stall the gradient exchange of several processes, unless the wrapper looks for such weights
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if distributed.launched() else []
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                       cpu=not torch.accelerator.is_available(), kwargs_handlers=handlers)
 
 
 @dataclass
@@ -539,8 +569,10 @@ def _load_run(folder: RunFolder) -> LoadedRun:
     return LoadedRun(folder.path, cfg, model)
 
 
-def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int) -> tuple[list[Record], list]:
-    records, problems = load_records(require_data_dir(Path(data_dir)), Path(list_file), labelled, max_pixels)
+def _load_list(
+    data_dir: Path, list_file: Path, labelled: bool, on_error: str, max_pixels: int, shard: Shard | None = None
+) -> tuple[list[Record], list]:
+    records, problems = load_records(require_data_dir(Path(data_dir)), Path(list_file), labelled, max_pixels, shard)
     raise_on_problems(problems, on_error)
     return records, problems
 
@@ -590,19 +622,24 @@ def evaluate(
 
 
 def predict(
-    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail",
-    proba: bool = False,
+    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False,
+    on_error: str = "fail", shard: Shard | None = None, proba: bool = False,
 ) -> list[tuple[str, str]]:
-    """Write `guid,tag` for every guid of guids_file, in its order, atomically; proba adds a `p_LABEL` column per class."""
+    """Write `guid,tag` for every guid of guids_file (or of its `shard`), in its order, atomically.
+
+    proba adds a `p_LABEL` column per class. Guids skipped with on_error="skip" are listed beside the
+    file, which `merge_predictions` reads. Under a launcher the processes share the encoding and the main
+    one writes.
+    """
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
+    quiet = quiet or not distributed.is_main_process()
     runs = load_runs(run_dir)
-    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
+    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels, shard)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
-    write_label_file(out_file, rows, {f"p_{lab}": probs[:, k] for k, lab in enumerate(LABELS)} if proba else None)
-    if problems:
-        skipped = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
-        atomic_write_text(out_file.with_suffix(".skipped.json"), json.dumps(skipped, indent=2))
+    if distributed.is_main_process():
+        write_label_file(out_file, rows, {f"p_{lab}": probs[:, k] for k, lab in enumerate(LABELS)} if proba else None)
+        write_skipped_companion(out_file, problems)
     return rows
 
 
@@ -620,16 +657,19 @@ def run(
 ) -> RunSummary:
     """Train, evaluate on the validation split and predict the test list; one complete run folder with predictions.txt."""
     t0 = time.perf_counter()
-    with create_run(out_dir, overwrite) as writer:
+    quiet = quiet or not distributed.is_main_process()
+    with create_run_once(out_dir, overwrite) as writer:
         dataset = load_training_data(Path(data_dir), cfg)
         result = train_into(writer, Path(data_dir), cfg, quiet, dataset=dataset, origin=origin or RunOrigin(kind="run"))
+        # every process of a launch: they share the encoding of the test list
         probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
         rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]
-        writer.write_predictions(rows)
-    return RunSummary(Path(out_dir), result.metrics, writer.predictions, len(rows), time.perf_counter() - t0)
+        if writer is not None:
+            writer.write_predictions(rows)
+    return RunSummary(Path(out_dir), result.metrics, predictions_path(out_dir), len(rows), time.perf_counter() - t0)
 
 
 __all__ = [
-    "LoadedRun", "RunOrigin", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
-    "predict", "run", "train", "TEST_LIST",
+    "LoadedRun", "RunOrigin", "RunSummary", "Shard", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
+    "merge_predictions", "predict", "run", "train", "TEST_LIST",
 ]

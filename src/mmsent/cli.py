@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from mmsent import __version__
-from mmsent.errors import MmsentError
+from mmsent.distributed import LAUNCHABLE_COMMANDS, require_single_process
+from mmsent.errors import FollowerError, MmsentError
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset: bool = True) -> None:
@@ -90,7 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--proba", action="store_true", help="add one probability column per class (p_negative, ...)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    p.add_argument("--shard", metavar="I/N",
+                   help="predict only the I-th of N contiguous parts of the guid list (1 <= I <= N); "
+                        "join the N files with `mmsent merge-predictions`")
     _add_common(p)
+
+    p = sub.add_parser("merge-predictions", help="join the prediction files of a guid list's shards, in the list's order")
+    p.add_argument("--guids", type=Path, required=True, help="the 'guid,tag' list the shards were predicted from")
+    p.add_argument("--out", type=Path, required=True, help="prediction file to write")
+    p.add_argument("shards", type=Path, nargs="+", metavar="SHARD_FILE", help="the prediction file of every shard")
 
     p = sub.add_parser("run", help="train, evaluate on validation, predict the test list")
     p.add_argument("--data", type=Path, required=True)
@@ -177,7 +186,8 @@ def _add_experiment_parsers(sub) -> None:
     space.add_argument("--grid", type=Path, help="YAML: config key -> list of values (every combination)")
     space.add_argument("--space", type=Path, help="YAML: config key -> {low, high, log} or {choices} (TPE)")
     p.add_argument("--trials", type=int, help="trials to run in this call (required with --space)")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it between machines")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in --out); share it between machines, e.g. "
+                                     "postgresql://USER:PASSWORD@HOST:5432/DB (needs pip install 'mmsent[postgres]')")
     p.add_argument("--study-name", default="mmsent-search")
     p.add_argument("--objective", default="macro_f1", help="validation metric to maximise")
     p.add_argument("--no-prune", action="store_true", help="no median pruning of hopeless trials")
@@ -257,8 +267,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsent.engine.metrics import summary_line
 
     result = train(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
-    print(f"validation: {summary_line(result.metrics)}")
-    print(f"run folder: {result.run_dir}")
+    if result.run_dir is not None:  # the main process (the others of a launch trained with it)
+        print(f"validation: {summary_line(result.metrics)}")
+        print(f"run folder: {result.run_dir}")
     return 0
 
 
@@ -276,20 +287,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mmsent.api import predict
+    from mmsent.api import Shard, predict
+    from mmsent.distributed import is_main_process
 
-    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, proba=args.proba)
+    shard = Shard.parse(args.shard) if args.shard else None
+    rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, shard=shard,
+                   proba=args.proba)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
-    print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
+    part = f" (shard {shard} of {args.guids})" if shard else ""
+    if is_main_process():
+        print(f"wrote {len(rows)} predictions to {args.out}{part}{ensemble}")
+    return 0
+
+
+def cmd_merge_predictions(args: argparse.Namespace) -> int:
+    from mmsent.api import merge_predictions
+
+    merged = merge_predictions(args.guids, args.shards, args.out)
+    skipped = f"; {len(merged.skipped)} guid(s) skipped by their shards, listed beside it" if merged.skipped else ""
+    print(f"merged {len(merged.rows)} predictions from {len(args.shards)} file(s) into {args.out}{skipped}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mmsent.api import run
+    from mmsent.distributed import is_main_process
 
     t0 = time.perf_counter()
     summary = run(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite,
                   origin=_origin(args, kind="run"))
+    if not is_main_process():
+        return 0  # the main process of the launch reports
     m = summary.metrics
     print("")
     print(f"validation (n={m['n']}): accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
@@ -399,10 +427,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mmsent.experiments.search import SearchSpace, load_grid, load_space, run_search
+    from mmsent.experiments.search import SearchSpace, load_grid, load_space, run_search, shown_storage
 
     space = SearchSpace(grid=load_grid(args.grid)) if args.grid else SearchSpace(ranges=load_space(args.space))
-    result = run_search(args.data, args.out, _config(args), space, command_line(args.argv), trials=args.trials,
+    # the command is recorded in the search's manifest: never with the database password
+    argv = [a.replace(args.storage, shown_storage(args.storage)) for a in args.argv] if args.storage else args.argv
+    result = run_search(args.data, args.out, _config(args), space, command_line(argv), trials=args.trials,
                         storage=args.storage, study_name=args.study_name, objective=args.objective,
                         prune=not args.no_prune, quiet=args.quiet or not args.verbose, show_progress=not args.quiet)
     for note in result.dead:
@@ -506,6 +536,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
+    "merge-predictions": cmd_merge_predictions,
     "run": cmd_run,
     "data": cmd_data,
     "models": cmd_models,
@@ -529,7 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command not in LAUNCHABLE_COMMANDS:
+            require_single_process(args.command)
         return COMMANDS[args.command](args)
+    except FollowerError as exc:
+        return exc.exit_code  # the main process of the launch says why
     except MmsentError as exc:
         print(f"mmsent: error: {exc}", file=sys.stderr)
         return exc.exit_code

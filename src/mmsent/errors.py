@@ -15,6 +15,10 @@ class ConfigError(MmsentError):
     """The config file or an override is invalid."""
 
 
+class FollowerError(MmsentError):
+    """An error the main process of a launch reports; the other processes stop with it without repeating it."""
+
+
 class WeightsNotFoundError(MmsentError):
     """Pretrained weights for an encoder are not available offline."""
 

@@ -15,15 +15,15 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mmsent import __version__
+from mmsent import __version__, distributed
 from mmsent.config import Config, config_from_text, config_yaml
 from mmsent.data.labels import label_file_text
-from mmsent.errors import MmsentError
+from mmsent.errors import FollowerError, MmsentError
 from mmsent.files import (
     FileLock,
     atomic_write_text,
@@ -350,7 +350,7 @@ class RunWriter:
     @property
     def predictions(self) -> Path:
         """Where the run's predictions will be once it is published."""
-        return self.target / PREDICTIONS_FILE
+        return predictions_path(self.target)
 
     def _write_marker(self) -> None:
         files = {}
@@ -372,6 +372,11 @@ class RunWriter:
         elif not self.target.exists():
             os.rename(self.path, self.target)
         _sync_folder(self.target.parent)
+
+
+def predictions_path(run_dir: Path) -> Path:
+    """Where a run's predictions of the test list are (`mmsent run`)."""
+    return Path(run_dir) / PREDICTIONS_FILE
 
 
 def _now() -> str:
@@ -459,6 +464,56 @@ def create_run(target: Path, overwrite: bool = False) -> Iterator[RunWriter]:
             writer.publish()
         finally:
             remove_tree(private)  # after an exchange it holds the old run; after a failure, the partial one
+
+
+@contextmanager
+def create_run_once(target: Path, overwrite: bool = False) -> Iterator[RunWriter | None]:
+    """create_run for a command that may run in several processes: the main one writes, the others get None.
+
+    Under `accelerate launch` / `torchrun` every process runs the same command. Only the main process
+    takes the lock, writes the private folder and publishes it; the others never create a file here.
+    They learn whether it could take the folder (an existing run without --overwrite, a held lock) and
+    stop with its message if not, and at the end they wait until it has published the run or failed to.
+    """
+    if not distributed.launched():
+        with create_run(target, overwrite) as writer:
+            yield writer
+    elif distributed.is_main_process():
+        with _create_run_and_tell(target, overwrite) as writer:
+            yield writer
+    else:
+        _follow(distributed.broadcast_from_main(None))  # the folder is taken, or why not
+        yield None
+        _follow(distributed.broadcast_from_main(None))  # the run is published, or why not
+
+
+@contextmanager
+def _create_run_and_tell(target: Path, overwrite: bool) -> Iterator[RunWriter]:
+    """The main process's create_run, telling the other processes whether taking and publishing the folder worked.
+
+    A failure of the work in between is not told: the others are then inside the same work, and the
+    launcher ends them when this process exits with an error.
+    """
+    with ExitStack() as stack:
+        try:
+            writer = stack.enter_context(create_run(target, overwrite))
+        except (MmsentError, OSError) as exc:
+            distributed.broadcast_from_main(str(exc))
+            raise
+        distributed.broadcast_from_main(None)
+        yield writer
+        try:
+            stack.close()  # publishes
+        except (MmsentError, OSError) as exc:
+            distributed.broadcast_from_main(str(exc))
+            raise
+    distributed.broadcast_from_main(None)
+
+
+def _follow(failure: str | None) -> None:
+    """Stop a follower process with the main process's failure (which the main process reports)."""
+    if failure is not None:
+        raise FollowerError(failure)
 
 
 # ---- experiment folders ----

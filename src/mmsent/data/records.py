@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mmsent.data.images import ImageReadError, verify_image
 from mmsent.data.labels import LabelEntry, read_label_file
+from mmsent.data.shards import Shard
 from mmsent.data.text import decode_text
 from mmsent.errors import DataError, MmsentError, Problem
 
@@ -85,11 +86,16 @@ def load_record(root: Path, entry: LabelEntry, max_pixels: int) -> tuple[Record 
 
 
 def load_records(
-    root: Path, list_file: Path, labelled: bool, max_pixels: int = 89_478_485
+    root: Path, list_file: Path, labelled: bool, max_pixels: int = 89_478_485, shard: Shard | None = None
 ) -> tuple[list[Record], list[Problem]]:
-    """Load every guid of one list file; return the good records and every problem found."""
+    """Load every guid of one list file (or of its shard); return the good records and every problem found."""
     root = require_data_dir(root)
     entries, problems = read_label_file(Path(list_file), labelled)
+    if shard is not None:
+        # only this shard's files are read; problems of other guids belong to their own shards
+        entries = shard.select(entries)
+        mine = {e.guid for e in entries}
+        problems = [p for p in problems if p.guid is None or p.guid in mine]
     records: list[Record] = []
     for entry in entries:
         record, found = load_record(root, entry, max_pixels)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from mmsent import distributed
 from mmsent.config import Config
 from mmsent.data.images import ImageReadError
 from mmsent.data.records import Record
@@ -62,17 +63,39 @@ def encode_records(
     cache_root: Path | None,
     quiet: bool = False,
 ) -> tuple[np.ndarray, EncodeStats]:
-    """Features (N, encoder.dim) for records, computing only what the cache lacks."""
+    """Features (N, encoder.dim) for records, computing only what the cache lacks.
+
+    Under a launcher every process encodes its share of what is missing into the cache folder, and
+    reads the other shares from there once all are done: each item is encoded and written once.
+    """
     cache = FeatureCache.open(cache_root, encoder.cache_fingerprint())
     keys = [encoder.item_key(r, cfg) for r in records]
+    todo = _missing(cache, keys, records)
+    computed = 0
+    if distributed.launched() and cache.dir is not None:
+        distributed.wait_for_everyone()  # all have listed what is missing before any adds to the folder: the same list
+        share = dict(distributed.my_share(list(todo.items())))
+        if share:
+            _compute_into(encoder, share, cfg, cache, quiet)
+        computed = len(share)
+        distributed.wait_for_everyone()  # every share is in the cache folder now
+        cache.refresh()
+        # left: what the other processes wrote where this one cannot see it (each machine its own cache folder)
+        todo = _missing(cache, keys, records)
+    if todo:
+        _compute_into(encoder, todo, cfg, cache, quiet)
+        computed += len(todo)
+    out = np.stack([cache.get(k) for k in keys]) if keys else np.zeros((0, encoder.dim), np.float32)
+    return out.astype(np.float32), EncodeStats(encoder.name, len(records), len(records) - computed, computed)
+
+
+def _missing(cache: FeatureCache, keys: list[str], records: list[Record]) -> dict[str, Record]:
+    """{key: record} of the items the cache lacks, each key once, in record order."""
     todo: dict[str, Record] = {}
     for key, record in zip(keys, records, strict=True):
         if cache.get(key) is None and key not in todo:
             todo[key] = record
-    if todo:
-        _compute_into(encoder, todo, cfg, cache, quiet)
-    out = np.stack([cache.get(k) for k in keys]) if keys else np.zeros((0, encoder.dim), np.float32)
-    return out.astype(np.float32), EncodeStats(encoder.name, len(records), len(records) - len(todo), len(todo))
+    return todo
 
 
 def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmsent import distributed
 from mmsent.config import TrainConfig
 from mmsent.engine.metrics import accuracy_and_macro_f1
 
@@ -54,6 +55,9 @@ class FitResult:
     stopped_early: bool
     seconds: float
     best_state: dict = field(repr=False, default_factory=dict)
+    best_probs: np.ndarray | None = field(repr=False, default=None)  # validation probabilities of the best epoch
+    batches: int = 0  # training batches this process went through, over all epochs
+    steps: int = 0  # optimiser steps this process took
 
 
 def to_device(obj, device: torch.device):
@@ -74,23 +78,29 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def predict_proba(
-    model: nn.Module, batches: Iterable[Batch], device: torch.device | None = None
+    model: nn.Module, batches: Iterable[Batch], device: torch.device | None = None, accelerator=None
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Class probabilities (N, C), labels (N,) and the mean unweighted loss over batches."""
+    """Class probabilities (N, C), labels (N,) and the mean unweighted loss over the labelled rows.
+
+    With an `accelerator` the batches are this process's share of a prepared loader; every process
+    gets the probabilities of all rows, gathered in the loader's order.
+    """
     model.eval()
-    probs, labels, loss_sum, n = [], [], 0.0, 0
+    probs, labels, losses = [], [], []
     for inputs, y in batches:
         if device is not None:
             inputs, y = to_device(inputs, device), y.to(device)
-        logits = model(inputs)  # (B, C)
-        if (y >= 0).all():
-            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        n += len(y)
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+        logits = model(inputs).float()  # (B, C)
+        p = torch.softmax(logits, dim=-1)
+        loss = torch.where(y >= 0, nn.functional.cross_entropy(logits, y.clamp(min=0), reduction="none"), 0.0)  # (B,)
+        if accelerator is not None:
+            p, y, loss = accelerator.gather_for_metrics((p, y, loss))  # padding of uneven shares dropped
+        probs.append(p.cpu().numpy())
         labels.append(y.cpu().numpy())
+        losses.append(loss.cpu().numpy())
     if not probs:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), float("nan")
-    return np.concatenate(probs), np.concatenate(labels), loss_sum / max(n, 1)
+    return np.concatenate(probs), np.concatenate(labels), float(np.concatenate(losses).mean())
 
 
 def full_batch(batches: Iterable[Batch]) -> Batch:
@@ -143,12 +153,16 @@ def fit(
     quiet: bool = False,
     accelerator=None,
     desc: str = "train",
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train with AdamW (or full-batch L-BFGS) until `epochs` or `patience` epochs without a better validation macro-F1.
 
     The returned model holds the weights of its best epoch. Callbacks see each epoch's record and
-    may raise to stop the run (for example a search pruner). With a Hugging Face `accelerator`,
-    device placement, mixed precision and gradient accumulation come from it (CPU, GPU or several).
+    may raise to stop the run (for example a search pruner); `on_epoch_start(epoch)` runs before each
+    epoch (backbones frozen for the first ones, say). With a Hugging Face `accelerator`, device
+    placement, mixed precision and gradient accumulation come from it, and so does the work of several
+    processes: each trains on its share of the batches, validation gathers every process's predictions,
+    and the main process decides when to stop.
     """
     params = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if cfg.optimizer == "lbfgs":
@@ -162,38 +176,43 @@ def fit(
         train_batches = [(inputs, y)]
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    device = None
+    device, trained = None, model  # `trained`: the module itself, without a wrapper for several processes
     if accelerator is not None:
-        model, optimizer = accelerator.prepare(model, optimizer)
+        model, optimizer, train_batches, val_batches = accelerator.prepare(model, optimizer, train_batches, val_batches)
         loss_fn = loss_fn.to(accelerator.device)
         device = accelerator.device
+        trained = accelerator.unwrap_model(model)
     history: list[dict] = []
-    best_score, best_epoch, best_state = -1.0, 0, snapshot(model)
+    best_score, best_epoch, best_state, best_probs = -1.0, 0, snapshot(trained), None
     start = time.perf_counter()
     stopped_early = False
+    batches_seen, steps_taken = 0, 0
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=quiet, unit="epoch")
     for epoch in bar:
         t0 = time.perf_counter()
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         model.train()
         loss_sum, n = 0.0, 0
         for inputs, y in train_batches:
             if cfg.optimizer == "lbfgs":
                 loss = optimizer.step(lbfgs_closure(model, optimizer, loss_fn, inputs, y, cfg.weight_decay, forward))
+                steps_taken += 1
             elif accelerator is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(inputs), y)
                 loss.backward()
                 optimizer.step()
+                steps_taken += 1
             else:
-                inputs, y = to_device(inputs, device), y.to(device)
-                with accelerator.accumulate(model):
-                    loss = loss_fn(model(inputs), y)
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                loss = _accelerated_step(model, optimizer, loss_fn, to_device(inputs, device), y.to(device), accelerator)
+                steps_taken += int(accelerator.sync_gradients)  # accumulating batches step once
+            batches_seen += 1
             loss_sum += loss.item() * len(y)
             n += len(y)
-        probs, y_val, val_loss = predict_proba(model, val_batches, device)
+        if accelerator is not None and accelerator.num_processes > 1:
+            loss_sum, n = _summed_over_processes(accelerator, loss_sum, n)
+        probs, y_val, val_loss = predict_proba(model, val_batches, device, accelerator)
         val_accuracy, val_macro_f1 = accuracy_and_macro_f1(y_val, probs.argmax(axis=1), probs.shape[1])
         record = {
             "epoch": epoch,
@@ -205,16 +224,42 @@ def fit(
         }
         history.append(record)
         bar.set_postfix(f1=f"{val_macro_f1:.3f}", best=f"{max(best_score, val_macro_f1):.3f}")
-        if val_macro_f1 > best_score:
+        improved = _decided_once(val_macro_f1 > best_score, accelerator)
+        if improved:
             best_score, best_epoch = val_macro_f1, epoch
-            best_state = snapshot(model)
+            best_state, best_probs = snapshot(trained), probs
         for callback in callbacks or []:
             callback(record)
-        if epoch - best_epoch >= cfg.patience:
+        if _decided_once(epoch - best_epoch >= cfg.patience, accelerator):
             stopped_early = True
             break
     bar.close()
-    if accelerator is not None:
-        model = accelerator.unwrap_model(model)
-    model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_score, stopped_early, time.perf_counter() - start, best_state)
+    trained.load_state_dict(best_state)
+    return FitResult(history, best_epoch, best_score, stopped_early, time.perf_counter() - start, best_state,
+                     best_probs, batches_seen, steps_taken)
+
+
+def _decided_once(decision: bool, accelerator) -> bool:
+    """The main process's decision, in every process that trains with it.
+
+    Every process holds the same gathered predictions; still, one decides and the others follow, so
+    that they never disagree on the epoch to keep or on stopping. Without an accelerator each process
+    trains on its own (a head on cached features) and decides for itself.
+    """
+    return distributed.broadcast_from_main(decision) if accelerator is not None else decision
+
+
+def _accelerated_step(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: torch.Tensor, accelerator) -> torch.Tensor:
+    """One batch through Accelerate: forward, backward, and an optimiser step once the accumulated batches are in."""
+    with accelerator.accumulate(model):
+        loss = loss_fn(model(inputs), y)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def _summed_over_processes(accelerator, loss_sum: float, n: int) -> tuple[float, int]:
+    """The training loss summed over every process's batches, and their number of rows."""
+    both = accelerator.reduce(torch.tensor([loss_sum, float(n)], device=accelerator.device), reduction="sum")
+    return float(both[0]), int(both[1])

@@ -16,7 +16,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from mmsent.api import load_training_data, train
 from mmsent.config import Config, read_yaml_mapping, save_config
@@ -316,8 +317,20 @@ class _Storage(optuna.storages.RDBStorage):
             logger.warning("mmsent search: heartbeat of trial id %s not recorded (%s); retrying", trial_id, exc)
 
 
+def shown_storage(storage: str) -> str:
+    """A storage URL fit to print and record: its password masked."""
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except ArgumentError:
+        return storage  # not a URL: nothing to hide, and the error says so
+
+
 def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: int, attempts: int = 5) -> optuna.Study:
-    """Create the study or load it to resume (several workers may share it)."""
+    """Create the study or load it to resume (several workers may share it).
+
+    A storage that cannot be used (a malformed URL, a missing database driver, a server that does not
+    answer or refuses the login) is a clear error naming it, without its password.
+    """
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=5) if prune else optuna.pruners.NopPruner()
     for attempt in range(attempts):
         try:
@@ -329,12 +342,33 @@ def open_study(storage: str, name: str, space: SearchSpace, prune: bool, seed: i
                 storage=rdb, study_name=name, direction="maximize", sampler=space.sampler(seed), pruner=pruner,
                 load_if_exists=True,
             )
-        except (optuna.exceptions.DuplicatedStudyError, OperationalError, IntegrityError):
-            # two workers starting at once race to create the schema or the study: the loser retries and loads it
+        except ImportError:
+            raise MmsentError(_missing_driver(storage)) from None
+        except ArgumentError as exc:
+            raise MmsentError(f"--storage {shown_storage(storage)} is not a database URL SQLAlchemy can open ({exc}); "
+                              "give postgresql://USER:PASSWORD@HOST:5432/DATABASE or sqlite:///PATH/study.db") from None
+        except (optuna.exceptions.DuplicatedStudyError, OperationalError, IntegrityError, ProgrammingError) as exc:
+            # two workers starting at once race to create the schema or the study: the loser retries and loads it;
+            # a server that is down or refuses the login fails every time
             if attempt == attempts - 1:
-                raise
+                raise MmsentError(f"cannot open the study {name!r} in {shown_storage(storage)}: {_first_line(exc)}") from None
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _missing_driver(storage: str) -> str:
+    """How to install the database driver a storage URL needs."""
+    url, shown = make_url(storage), shown_storage(storage)
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+        return f"--storage {shown} needs the PostgreSQL driver psycopg: pip install 'mmsent[postgres]'"
+    return (f"--storage {shown} needs the database driver {url.get_driver_name()!r}, which is not installed: install "
+            "it with pip (for PostgreSQL, a postgresql:// URL with pip install 'mmsent[postgres]')")
+
+
+def _first_line(exc: Exception) -> str:
+    """The database's own words (connection refused, password authentication failed), without SQLAlchemy's trailer."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _rival(trial: optuna.Trial) -> int | None:
@@ -395,7 +429,7 @@ class SearchResult:
     best_value: float | None
     ran: int
     study_name: str
-    storage: str
+    storage: str  # as shown: the password masked
     dead: list[str] = field(default_factory=list)  # trials of dead workers this run marked failed
     requeued: int = 0  # failed (or yielded) grid points this run queued again
     running_elsewhere: int = 0  # trials other workers still train (their points are not in rows yet)
@@ -485,11 +519,12 @@ def run_search(
     write_table(rows, out_dir)
     _plots(rows, objective, space.keys(), out_dir)
     write_manifest(
-        out_dir, "search", command, storage=storage, study_name=study_name, objective=objective,
+        out_dir, "search", command, storage=shown_storage(storage), study_name=study_name, objective=objective,
         sampler="grid" if space.grid else "tpe", pruning=prune, trials=len(rows), best_value=best_value,
         space=space.grid or space.ranges,
     )
-    return SearchResult(rows, best_cfg, best_value, ran, study_name, storage, dead, requeued, running_elsewhere)
+    return SearchResult(rows, best_cfg, best_value, ran, study_name, shown_storage(storage), dead, requeued,
+                        running_elsewhere)
 
 
 def _trials_to_run(study: optuna.Study, space: SearchSpace, trials: int | None) -> int | None:
