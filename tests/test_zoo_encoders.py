@@ -15,36 +15,8 @@ from mmsent.data.records import load_dataset
 from mmsent.encoders import create_encoder
 from mmsent.errors import MmsentError, WeightsNotFoundError
 
-WORDS = ["love", "happy", "great", "sad", "hate", "the", "report", "a", "photo", "of", "cat", "day", "so", "good"]
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
 TINY_VISION = {**TINY, "image_size": 32, "patch_size": 8}
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer(tmp_path_factory) -> str:
-    """A BertTokenizer folder built from a tiny vocab.txt."""
-    from transformers import BertTokenizer
-
-    root = tmp_path_factory.mktemp("berttok")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
-    BertTokenizer(str(vocab)).save_pretrained(str(root / "tok"))
-    return str(root / "tok")
-
-
-@pytest.fixture(scope="module")
-def clip_tokenizer(tmp_path_factory) -> str:
-    """A CLIPTokenizer folder built from a tiny vocab.json + merges.txt (characters and a few words)."""
-    from transformers import CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("cliptok")
-    letters = list("abcdefghijklmnopqrstuvwxyz")
-    tokens = letters + [c + "</w>" for c in letters] + ["lo", "lo</w>", "<|startoftext|>", "<|endoftext|>"]
-    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (root / "merges.txt").write_text("#version: 0.2\nl o\nl o</w>\n")
-    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
-    tok.save_pretrained(str(root / "tok"))
-    return str(root / "tok")
 
 
 @pytest.fixture
@@ -347,6 +319,7 @@ def tiny_options(bert_tokenizer: str, clip_tokenizer: str) -> dict[str, dict]:
         "clip_image": clip_options(),
         "blip_text": blip_options(bert_tokenizer),
         "blip_image": blip_options(),
+        "blip_itm": blip_options(bert_tokenizer),
     }
 
 

@@ -30,7 +30,8 @@ from mmsent.data.records import (
 )
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, prepare_inference
+from mmsent.encoders.runtime import torch_threads
 from mmsent.engine.decision import fit_decision, reliability
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
@@ -67,12 +68,8 @@ def head_threads(cfg: Config):
     The head's matrices are small, so more threads only add synchronisation; on a shared CPU they
     made a frozen training run several times slower (measured: 191 s with 2 threads vs 39 s with 1).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(cfg.runtime.threads or 1)
-    try:
+    with torch_threads(cfg.runtime.threads or 1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def extract_features(
@@ -435,6 +432,12 @@ class LoadedRun:
         )
         return feats
 
+    def prepare_inference(self) -> None:
+        """Export and check (where runtime.backend says so) every encoder's inference now, not on the first input."""
+        for name, encoder in self.encoders.items():
+            if name not in self.classifier.token_encoders:
+                prepare_inference(encoder, self.cfg)
+
     def predict_features(self, feats: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) -> np.ndarray:
         """Probabilities (N, C) from features; modalities in `drop` are blanked (set to the training mean)."""
         n = len(next(iter(feats.values())))
@@ -456,19 +459,25 @@ class LoadedRun:
         return self.predict_features(self.features(records, quiet, use_cache), drop)
 
 
-def load_run(run_dir: Path, attempts: int = 3) -> LoadedRun:
-    """Rebuild a trained run from its folder; nothing else is needed. Incomplete or damaged runs are refused."""
+def load_run(run_dir: Path, attempts: int = 3, backend: str | None = None) -> LoadedRun:
+    """Rebuild a trained run from its folder; nothing else is needed. Incomplete or damaged runs are refused.
+
+    backend (auto, torch, onnx) replaces the run's runtime.backend: how its frozen encoders run, not what
+    they compute (an ONNX export is used only where it matches torch), so any backend predicts for any run.
+    """
     for attempt in range(attempts):
         try:
-            return _load_run(RunFolder.open(run_dir))
+            return _load_run(RunFolder.open(run_dir), backend)
         except RunChanged:
             if attempt == attempts - 1:
                 raise  # replaced again and again while being read: say so
     raise AssertionError("unreachable")
 
 
-def _load_run(folder: RunFolder) -> LoadedRun:
+def _load_run(folder: RunFolder, backend: str | None = None) -> LoadedRun:
     cfg = folder.config()
+    if backend is not None:
+        cfg = cfg.with_values({"runtime.backend": backend})
     spec = folder.spec()
     if tuple(spec.get("labels", LABELS)) != LABELS:
         raise MmsentError(f"{folder.path}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
@@ -506,12 +515,12 @@ def _load_list(data_dir: Path, list_file: Path, labelled: bool, on_error: str, m
     return records, problems
 
 
-def load_runs(run_dirs: Path | Sequence[Path]) -> list[LoadedRun]:
+def load_runs(run_dirs: Path | Sequence[Path], backend: str | None = None) -> list[LoadedRun]:
     """One run folder, or several for an ensemble."""
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     if not dirs:
         raise MmsentError("no run folder given")
-    return [load_run(d) for d in dirs]
+    return [load_run(d, backend=backend) for d in dirs]
 
 
 def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = False) -> np.ndarray:
@@ -521,9 +530,12 @@ def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = F
     return np.mean([run.predict_proba(records, quiet) for run in runs], axis=0, dtype=np.float64).astype(np.float32)
 
 
-def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, quiet: bool = False, on_error: str = "fail") -> dict:
-    """Metrics of a trained run on the labelled guids of labels_file."""
-    runs = load_runs(run_dir)
+def evaluate(
+    run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, quiet: bool = False, on_error: str = "fail",
+    backend: str | None = None,
+) -> dict:
+    """Metrics of a trained run on the labelled guids of labels_file (backend: see load_run)."""
+    runs = load_runs(run_dir, backend)
     records, problems = _load_list(data_dir, labels_file, True, on_error, runs[0].cfg.data.max_image_pixels)
     if not records:
         raise MmsentError(f"{labels_file}: no labelled guid to evaluate")
@@ -535,11 +547,12 @@ def evaluate(run_dir: Path | Sequence[Path], data_dir: Path, labels_file: Path, 
 
 
 def predict(
-    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+    run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False,
+    on_error: str = "fail", backend: str | None = None,
 ) -> list[tuple[str, str]]:
-    """Write `guid,tag` for every guid of guids_file, in its order, atomically."""
+    """Write `guid,tag` for every guid of guids_file, in its order, atomically (backend: see load_run)."""
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
-    runs = load_runs(run_dir)
+    runs = load_runs(run_dir, backend)
     records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
