@@ -30,7 +30,7 @@ from mmsent.data.records import (
 )
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, prepare_inference
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
 from mmsent.encoders.runtime import torch_threads
 from mmsent.engine.decision import fit_decision, reliability
 from mmsent.engine.losses import make_loss
@@ -431,12 +431,6 @@ class LoadedRun:
             self.encoders, records, self.cfg, quiet, use_cache, token_encoders=self.classifier.token_encoders
         )
         return feats
-
-    def prepare_inference(self) -> None:
-        """Export and check (where runtime.backend says so) every encoder's inference now, not on the first input."""
-        for name, encoder in self.encoders.items():
-            if name not in self.classifier.token_encoders:
-                prepare_inference(encoder, self.cfg)
 
     def predict_features(self, feats: dict[str, np.ndarray], drop: frozenset[str] = frozenset()) -> np.ndarray:
         """Probabilities (N, C) from features; modalities in `drop` are blanked (set to the training mean)."""

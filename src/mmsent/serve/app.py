@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import math
 import socket
 import threading
@@ -295,7 +296,9 @@ class Predictor:
         self.name = Path(run_dir).resolve().name
         self._decode_slots = threading.BoundedSemaphore(settings.decode_slots)
         self.encoder_draft = encoder_draft_size(self.run.encoders.values())
-        self.run.prepare_inference()  # export and check the encoders now: the first request does not wait for it
+        # one post through the model now, so that the first request does not wait for the encoders' exports and
+        # checks, their lexicons and tokenizers loading, or the first allocations of the inference sessions
+        self.run.predict_proba([warm_up_record()], quiet=True, use_cache=False)
         # one worker thread runs the model, so model calls never overlap and image decoding stays one at a time
         self.batcher: MicroBatcher[Post] = MicroBatcher(self.run_jobs, settings.batch_size, settings.batch_wait_ms / 1000)
 
@@ -415,6 +418,15 @@ class Predictor:
                 max_batch=self.settings.max_batch,
             ),
         )
+
+
+def warm_up_record() -> Record:
+    """A made-up post (a grey JPEG and a short tweet) that exercises every encoder once."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="JPEG")
+    return Record("warm-up", None, "a warm-up post :) #happyday", UPLOAD_PATH, image_bytes=buffer.getvalue())
 
 
 def encoder_draft_size(encoders) -> int | None:
