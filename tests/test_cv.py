@@ -108,3 +108,16 @@ def test_cv_refuses_too_many_folds(tmp_path: Path, capsys):
     data = make_dataset(tmp_path / "ds", per_class=3)
     assert main(["cv", "--data", str(data), "--out", str(tmp_path / "cv"), "--folds", "5", *FAST]) == 2
     assert "at least 5 labelled posts per class" in capsys.readouterr().err
+
+
+def test_cv_variants_are_candidates_on_top_of_the_base(tmp_path: Path, capsys):
+    data = make_dataset(tmp_path / "ds", per_class=10)
+    variants = tmp_path / "v.yaml"
+    variants.write_text("base: {}\nargmax: {train.decision: argmax}\n")
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", str(data), "--out", str(out), "--folds", "2", "--repeats", "1",
+                 "--variants", str(variants), "--set", "train.ensemble=2", *FAST]) == 0
+    assert [r["candidate"] for r in read_table(out / "results.csv")] == ["base", "argmax"]
+    argmax = (out / "candidates" / "argmax" / "candidate.yaml").read_text()
+    assert "decision: argmax" in argmax and "ensemble: 2" in argmax
+    assert "| argmax | base | macro_f1 |" in capsys.readouterr().out

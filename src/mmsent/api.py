@@ -252,8 +252,7 @@ def fit_model(
     seed_everything(cfg.train.seed)
     classifier.fit_scaler(train_feats)  # from the (frozen) training features, in both modes
     loss_fn = make_loss(cfg.train.class_weights, y_train, len(LABELS), cfg.train.label_smoothing)
-    oof = None
-    tuned_blob = None
+    oof, tuned_blob = None, None
     if cfg.train.mode == "finetune":
         cached = (_subset(train_feats, model.cached), _subset(val_feats, model.cached))
         result, probs = _fit_finetune(model, preprocessing, train_records, val_records, y_train, y_val, loss_fn, cfg,
@@ -262,31 +261,25 @@ def fit_model(
         for name in cfg.tuned_encoders():
             model.encoders[name].tuned_digest = digest  # their features are no longer those of the named weights
     else:
-        val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
         with head_threads(cfg):
-            if len(classifier.heads) == 1:
-                train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-                result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
-            else:
-                result, oof = _fit_cross_fitted(classifier, train_records, train_feats, y_train, loss_fn, cfg, quiet,
-                                                callbacks)
-        probs = predict_proba(classifier, val_batches)[0] if val_records else np.zeros((0, len(LABELS)), np.float32)
+            result, probs, oof = _fit_heads(classifier, train_records, train_feats, y_train, val_feats, y_val, loss_fn,
+                                            cfg, quiet, callbacks)
     model.eval()
-    encoder_parameters = sum(count_parameters(e) for e in encoders.values())
     metrics = compute_metrics(y_val, probs) if val_records else {"n": 0}
     if oof is not None:
         oof_metrics = compute_metrics(y_train, oof)
         metrics["out_of_fold"] = {k: oof_metrics[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1", "ece")}
-    metrics["decision"] = {"rule": cfg.train.decision if oof is not None else "argmax",
-                           "offsets": dict(zip(LABELS, classifier.offsets.tolist())),
-                           "temperature": float(classifier.temperature), "heads": len(classifier.heads)}
+    tuned_parameters = sum(p.numel() for p in model.backbone_parameters()) if cfg.train.mode == "finetune" else 0
     metrics.update(
+        decision={"rule": cfg.train.decision if oof is not None else "argmax",
+                  "offsets": dict(zip(LABELS, classifier.offsets.tolist())),
+                  "temperature": float(classifier.temperature), "heads": len(classifier.heads)},
         best_epoch=result.best_epoch,
         epochs_run=len(result.history),
         n_train=n_train,
         n_val=len(val_records),
-        parameters=count_parameters(classifier) + encoder_parameters,
-        trainable_parameters=count_parameters(classifier) + (encoder_parameters if cfg.train.mode == "finetune" else 0),
+        parameters=count_parameters(classifier) + sum(count_parameters(e) for e in encoders.values()),
+        trainable_parameters=count_parameters(classifier) + tuned_parameters,
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         encode_seconds=round(encode_seconds, 2),
         train_seconds=round(result.seconds, 2),
@@ -317,6 +310,30 @@ def _write_run(
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _fit_heads(
+    classifier: FusionClassifier,
+    train_records: list[Record],
+    train_feats: dict[str, np.ndarray],
+    y_train: np.ndarray,
+    val_feats: dict[str, np.ndarray],
+    y_val: np.ndarray,
+    loss_fn: torch.nn.Module,
+    cfg: Config,
+    quiet: bool,
+    callbacks: list[EpochCallback] | None,
+) -> tuple[FitResult, np.ndarray, np.ndarray | None]:
+    """Frozen mode: the head (or the cross-fitted heads) on cached features; validation and out-of-fold probabilities."""
+    val_batches = FeatureBatches(val_feats, y_val, 1024, shuffle=False)
+    oof = None
+    if len(classifier.heads) == 1:
+        train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+        result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
+    else:
+        result, oof = _fit_cross_fitted(classifier, train_records, train_feats, y_train, loss_fn, cfg, quiet, callbacks)
+    probs = predict_proba(classifier, val_batches)[0] if len(y_val) else np.zeros((0, len(LABELS)), np.float32)
+    return result, probs, oof
 
 
 def _fit_cross_fitted(

@@ -206,6 +206,17 @@ def read_yaml_mapping(path: str | Path, what: str, allow_empty: bool = True) -> 
     return loaded
 
 
+def config_from_text(text: str, source: str) -> Config:
+    """A config from the YAML text of a complete config (a run's config.yaml), validated."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source} must hold a mapping")
+    return _validate(raw, source)
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, preset: str | None = None
 ) -> Config:

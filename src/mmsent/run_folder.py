@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mmsent import __version__
-from mmsent.config import Config, config_yaml, load_config
+from mmsent.config import Config, config_from_text, config_yaml
 from mmsent.data.labels import label_file_text
 from mmsent.errors import MmsentError
 from mmsent.files import (
@@ -154,8 +154,8 @@ class RunFolder:
             raise MmsentError(f"{self.path / name} is not valid JSON ({exc}); {_redo_hint(self.path)}") from None
 
     def config(self) -> Config:
-        self.read_bytes(CONFIG_FILE)  # verified before it is parsed
-        return load_config(self.path / CONFIG_FILE)
+        text = self.read_bytes(CONFIG_FILE).decode("utf-8")  # the verified bytes are the ones parsed
+        return config_from_text(text, str(self.path / CONFIG_FILE))
 
     def spec(self) -> dict[str, Any]:
         """What rebuilding the classifier needs besides its weights (encoder dims, modalities, fitted state)."""

@@ -20,9 +20,11 @@ from mmsent.run_folder import METRICS_FILE, RunFolder, has_manifest, read_manife
 from mmsent.tables import markdown_table, read_table
 
 # Fixed section order; kinds not listed here come after them, by name.
-KIND_ORDER = ["data", "compare", "search", "variants", "seeds", "robustness", "ablation", "badcases", "retrain", "train", "run"]
+KIND_ORDER = ["data", "cv", "compare", "search", "variants", "seeds", "robustness", "ablation", "badcases", "retrain",
+              "train", "run"]
 KIND_TITLES = {
     "data": "Data",
+    "cv": "Cross-validation",
     "compare": "Model comparison",
     "search": "Hyper-parameter search",
     "variants": "Variants of the chosen model",
@@ -37,6 +39,8 @@ KIND_TITLES = {
 KIND_INTROS = {
     "data": "What the data set folder holds, as `mmsent data check` found it: class balance, text encodings, "
     "files no list names, duplicated texts and images, image sizes and unusable files.",
+    "cv": "Candidates cross-validated on train.txt with the same folds (duplicate posts kept on one side): the mean "
+    "of each score with its 95% interval, and each candidate's paired difference to the first.",
     "compare": "Encoders and fusion heads compared on the same validation split: each row is one trained model.",
     "search": "A hyper-parameter search: each row is one trial, scored on validation macro-F1; the best trial gives "
     "the chosen configuration.",
@@ -190,7 +194,7 @@ def csv_table(path: Path, caption: str) -> Table | None:
 
 def manifest_facts(manifest: dict) -> list[tuple[str, str]]:
     """The manifest's own fields (best trial, seeds, ...), shown as they were written."""
-    skip = {"kind", "command", "created", "mmsent_version", "files"}
+    skip = {"kind", "command", "created", "mmsent_version", "files", "fold_guids"}
     facts = []
     for key, value in manifest.items():
         if key in skip:
