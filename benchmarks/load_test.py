@@ -5,11 +5,12 @@ Starts the service for --run on a free 127.0.0.1 port (or targets --url, which m
 from --clients concurrent clients, prints throughput and latency percentiles, stops the service and exits.
 --clients and --batch take comma-separated lists: every combination runs against the same service.
 --compare SRC runs the same combinations against a service started from another source tree (e.g. a
-worktree of 7b007e0), one after the other, so that both are measured on the same machine in one run.
+worktree of 7b007e0) for --compare-run (a run that code trained), one after the other, so that both are
+measured on the same machine in one run.
 Each combination never runs longer than --max-seconds.
 
     python benchmarks/load_test.py --run runs/default --data ../shared/mvsa --clients 1,4,8 --batch 1,16 \
-        --requests 200 --compare /tmp/baseline-7b007e0/src
+        --requests 200 --compare /tmp/baseline-7b007e0/src --compare-run runs/default-7b007e0
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=300, help="stop a combination after this long")
     parser.add_argument("--serve-arg", action="append", default=[], help="an argument for `mmsent serve` of this code")
     parser.add_argument("--compare", type=Path, help="src folder of other code to measure the same way, after this one")
+    parser.add_argument("--compare-run", type=Path,
+                        help="run folder for --compare (default: --run); older code cannot read a newer run's config")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
@@ -208,7 +211,7 @@ def main() -> int:
     else:
         results["this code"] = serve_and_measure(args.run, SRC, posts, args, args.serve_arg)
         if args.compare:
-            results[str(args.compare)] = serve_and_measure(args.run, args.compare, posts, args, [])
+            results[str(args.compare)] = serve_and_measure(args.compare_run or args.run, args.compare, posts, args, [])
     print(json.dumps(results, indent=2))
     print_table(results)
     if args.json:
