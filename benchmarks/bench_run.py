@@ -10,6 +10,11 @@ then run again on that warm cache and `mmsent predict` the first --predict posts
 empty cache (their tags are not read). `torch` (this code, runtime.backend=torch) and any --also run cold
 only. The machine is shared, so compare ratios within one run. Results: a Markdown table on stdout
 and benchmarks/results/run.json.
+
+       python benchmarks/bench_run.py --data ../shared/mvsa --run RUN [--baseline SRC --baseline-run RUN0]
+       [--predict 300] [--rounds 2] [--out FILE]
+
+measures prediction only (no training; for a machine too busy for three cold runs): see trained_run_mode.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mmsent.run_folder import RunFolder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -59,11 +66,11 @@ def run_once(data: Path, out: Path, src: Path, cache: Path, overrides: list[str]
     }
 
 
-def predict_once(data: Path, run: Path, guids: Path, src: Path, cache: Path) -> dict:
+def predict_once(data: Path, run: Path, guids: Path, src: Path, cache: Path, out: Path,
+                 extra: list[str] | None = None) -> dict:
     """`mmsent predict` for the guids of a list file with an empty cache: posts per second, end to end."""
-    out = run.parent / f"{run.name}-predict.txt"
     wall, peak = child(["predict", "--run", str(run), "--data", str(data), "--guids", str(guids), "--out", str(out),
-                        "--quiet"], src, cache)
+                        "--quiet", *(extra or [])], src, cache)
     n = len(out.read_text().splitlines()) - 1
     return {"posts": n, "wall_seconds": round(wall, 1), "posts_per_second": round(n / wall, 1), "peak_rss_mb": peak}
 
@@ -76,8 +83,61 @@ def first_guids(data: Path, n: int, target: Path) -> Path:
 
 
 def val_tags(run: Path) -> dict[str, str]:
-    with (run / "val_predictions.csv").open() as f:
+    with RunFolder.open(run).val_predictions.open() as f:
         return {row["guid"]: row["pred"] for row in csv.DictReader(f)}
+
+
+def predicted_tags(path: Path) -> dict[str, str]:
+    with path.open() as f:
+        return {row["guid"]: row["tag"] for row in csv.DictReader(f)}
+
+
+def tag_share(a: dict[str, str], b: dict[str, str]) -> dict:
+    same = sum(a[g] == b.get(g) for g in a)
+    return {"same_tag": same, "n": len(a), "share": round(same / len(a), 4)}
+
+
+def trained_run_mode(args: argparse.Namespace, work: Path) -> dict:
+    """--run: no training. In --rounds rounds, each code predicts the same first --predict posts of train.txt
+    with an empty cache (every encoder runs: that is the encoding stage of a cold run, plus loading the
+    model), baseline (the code at --baseline, for --baseline-run), torch and auto (this code with
+    --backend torch / auto, for --run); then auto predicts the run's validation posts with an empty cache,
+    and its tags are compared with val_predictions.csv, which the run's training computed with torch."""
+    guids = first_guids(args.data, args.predict, work / "guids.txt")
+    chosen = [("baseline", args.baseline, args.baseline_run, [])] if args.baseline else []
+    chosen += [("torch", SRC, args.run, ["--backend", "torch"]), ("auto", SRC, args.run, ["--backend", "auto"])]
+    results: dict = {name: {"src": str(src), "run": str(run), "predict": []} for name, src, run, _ in chosen}
+    for rnd in range(args.rounds):
+        for name, src, run, extra in chosen:
+            print(f"[{name}] predict {args.predict} posts, round {rnd + 1} ...", file=sys.stderr, flush=True)
+            out = work / f"{name}-{rnd}.txt"
+            results[name]["predict"].append(predict_once(args.data, run, guids, src, work / f"{name}-{rnd}-cache", out,
+                                                         extra))
+            print(f"[{name}] {json.dumps(results[name]['predict'][-1])}", file=sys.stderr, flush=True)
+    tags = {name: predicted_tags(work / f"{name}-0.txt") for name in results}
+    agreement = {f"{a} vs {b}": tag_share(tags[a], tags[b]) for a in tags for b in tags if a < b}
+    val = work / "val.txt"
+    val.write_text("guid,tag\n" + "".join(f"{g},null\n" for g in RunFolder.open(args.run).split().val))
+    print("[auto] predict the validation posts ...", file=sys.stderr, flush=True)
+    results["auto"]["validation"] = predict_once(args.data, args.run, val, SRC, work / "val-cache", work / "val-pred.txt",
+                                                 ["--backend", "auto"])
+    agreement["run's validation tags (torch, at training) vs auto"] = tag_share(val_tags(args.run),
+                                                                                 predicted_tags(work / "val-pred.txt"))
+    return {"variants": results, "agreement": agreement}
+
+
+def print_trained_run_table(results: dict) -> None:
+    base = results["variants"].get("baseline", {}).get("predict")
+    print("| code | posts | seconds per round (empty cache) | posts/s (median) | speed-up vs baseline | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results["variants"].items():
+        seconds = sorted(p["wall_seconds"] for p in r["predict"])
+        median = seconds[len(seconds) // 2]
+        speedup = f"{sorted(p['wall_seconds'] for p in base)[len(base) // 2] / median:.1f}x" if base else ""
+        print(f"| {name} | {r['predict'][0]['posts']} | {' / '.join(map(str, seconds))} | "
+              f"{round(r['predict'][0]['posts'] / median, 1)} | {speedup} | {max(p['peak_rss_mb'] for p in r['predict'])} |")
+    for pair, a in results["agreement"].items():
+        print(f"tags {pair}: {a['same_tag']}/{a['n']} alike ({100 * a['share']:.1f}%)")
 
 
 def agreement(a: Path, b: Path) -> dict:
@@ -105,7 +165,8 @@ def bench_variants(chosen: list[tuple[str, Path, list[str], bool]], args: argpar
     for name, src, _, warm in chosen:
         if guids is not None and warm:
             print(f"[{name}] predict ...", file=sys.stderr, flush=True)
-            results[name]["predict"] = predict_once(args.data, work / name, guids, src, work / f"{name}-predict-cache")
+            results[name]["predict"] = predict_once(args.data, work / name, guids, src, work / f"{name}-predict-cache",
+                                                    work / f"{name}-predict.txt")
     for name in results:
         print(f"[{name}] {json.dumps(results[name])}", file=sys.stderr, flush=True)
     return results
@@ -147,6 +208,9 @@ def main() -> None:
     parser.add_argument("--also", action="append", default=[], metavar="NAME=key=value,...",
                         help="another cold run of this code with these overrides (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="override for every variant")
+    parser.add_argument("--run", type=Path, help="a run of this code: no training, only predictions (see above)")
+    parser.add_argument("--baseline-run", type=Path, help="with --run: a run of the --baseline code")
+    parser.add_argument("--rounds", type=int, default=1, help="with --run: rounds of predictions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/run.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mmsent-bench-"))
@@ -158,16 +222,19 @@ def main() -> None:
         "agreement": {},
     }
     try:
-        guids = first_guids(args.data, args.predict, work / "guids.txt") if args.predict else None
-        results["variants"] = bench_variants(variants(args), args, work, guids)
-        for other in [n for n in results["variants"] if n != "torch"]:
-            results["agreement"][f"torch vs {other}"] = agreement(work / "torch", work / other)
+        if args.run:
+            results |= trained_run_mode(args, work)
+        else:
+            guids = first_guids(args.data, args.predict, work / "guids.txt") if args.predict else None
+            results["variants"] = bench_variants(variants(args), args, work, guids)
+            for other in [n for n in results["variants"] if n != "torch"]:
+                results["agreement"][f"torch vs {other}"] = agreement(work / "torch", work / other)
         results["load_average_after"] = round(os.getloadavg()[0], 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print_table(results)
+    (print_trained_run_table if args.run else print_table)(results)
 
 
 if __name__ == "__main__":
