@@ -12,9 +12,10 @@ only. The machine is shared, so compare ratios within one run. Results: a Markdo
 and benchmarks/results/run.json.
 
        python benchmarks/bench_run.py --data ../shared/mvsa --run RUN [--baseline SRC --baseline-run RUN0]
-       [--predict 300] [--rounds 2] [--out FILE]
+       [--predict 300] [--rounds 2]
 
-measures prediction only (no training; for a machine too busy for three cold runs): see trained_run_mode.
+measures prediction only (no training; for a machine too busy for three cold runs): see trained_run_mode;
+its results go to benchmarks/results/predict.json.
 """
 
 from __future__ import annotations
@@ -211,8 +212,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a run of this code: no training, only predictions (see above)")
     parser.add_argument("--baseline-run", type=Path, help="with --run: a run of the --baseline code")
     parser.add_argument("--rounds", type=int, default=1, help="with --run: rounds of predictions")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/run.json"))
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/run.json, with --run predict.json")
     args = parser.parse_args()
+    args.out = args.out or Path("benchmarks/results/predict.json" if args.run else "benchmarks/results/run.json")
     work = Path(tempfile.mkdtemp(prefix="mmsent-bench-"))
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
