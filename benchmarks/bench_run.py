@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/run.json, with --run predict.json")
     args = parser.parse_args()
     args.out = args.out or Path("benchmarks/results/predict.json" if args.run else "benchmarks/results/run.json")
+    if args.run and args.baseline and not args.baseline_run:
+        parser.error("--run with --baseline needs --baseline-run: a run that the --baseline code trained")
     work = Path(tempfile.mkdtemp(prefix="mmsent-bench-"))
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
