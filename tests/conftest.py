@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -112,3 +113,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "--set", f"runtime.cache_dir={root / 'cache'}"]
     assert main(args) == 0
     return data, run
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer(tmp_path_factory) -> str:
+    """A CLIPTokenizer folder built from a tiny vocab.json + merges.txt (characters and a few words)."""
+    from transformers import CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("cliptok")
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    tokens = letters + [c + "</w>" for c in letters] + ["lo", "lo</w>", "<|startoftext|>", "<|endoftext|>"]
+    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (root / "merges.txt").write_text("#version: 0.2\nl o\nl o</w>\n")
+    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
+    tok.save_pretrained(str(root / "tok"))
+    return str(root / "tok")

@@ -460,6 +460,8 @@ def test_a_text_only_run_still_checks_images(text_only_client: TestClient):
         ("--max-decode-mb", "inf", "inf is not a positive size"),
         ("--port", "70000", "70000 is not a port number"),
         ("--port", "-1", "-1 is not a port number"),
+        ("--batch-size", "0", "0 is below 1"),
+        ("--batch-wait-ms", "-5", "-5 is not a wait"),
     ],
 )
 def test_serve_refuses_nonsensical_limits(option: str, value: str, words: str, tmp_path: Path, capsys):
@@ -480,6 +482,10 @@ def test_library_limits_are_checked_too(tiny_run: Path):
         Settings(max_batch=0)
     with pytest.raises(MmsentError, match="max_decode_bytes is 1.5"):
         Settings(max_decode_bytes=1.5)
+    with pytest.raises(MmsentError, match="batch_size is 0"):
+        Settings(batch_size=0)
+    with pytest.raises(MmsentError, match="batch_wait_ms is -1"):
+        Settings(batch_wait_ms=-1)
 
 
 def test_serve_on_a_port_in_use_is_one_clear_error(tiny_run: Path, capsys):
@@ -525,3 +531,82 @@ def test_serve_prints_the_bound_port_and_quiet_logs_warnings_only(tiny_run: Path
         proc.terminate()
         proc.wait(20)
     assert "INFO" not in log.read_text()  # neither uvicorn's start-up lines nor the request log
+
+
+# ---- batching: concurrent requests share model calls ----
+
+
+@pytest.fixture(scope="module")
+def batching_client(tiny_run: Path) -> TestClient:
+    """The service with a long batch window, so that concurrent requests surely meet in one batch."""
+    from mmsent.serve.app import create_app
+
+    return TestClient(create_app(tiny_run, batch_size=8, batch_wait_ms=500))
+
+
+def concurrently(requests: list) -> list:
+    """Send every request at once, each from its own thread; the responses in the same order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda send: send(), requests))
+
+
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(batching_client: TestClient,
+                                                                             tiny_run: Path):
+    from mmsent.api import load_run
+    from mmsent.data.records import Record
+
+    texts = ["so happy today", "bus schedule", "awful news", "love it", "a table", "so angry"]
+    posts = [(jpeg(LABELS[i % 3], 20 + i), text) for i, text in enumerate(texts)]
+    pair = [(jpeg("positive", 50), "great day"), (jpeg("negative", 51), "sad day")]
+    batcher = batching_client.app.state.predictor.batcher
+    before = batcher.calls
+    files = [("images", (f"{i}.jpg", img, "image/jpeg")) for i, (img, _) in enumerate(pair)]
+    responses = concurrently([lambda p=p: post(batching_client, *p) for p in posts] + [
+        lambda: batching_client.post("/predict/batch", files=files, data={"texts": [t for _, t in pair]})])
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert batcher.calls - before <= 2  # 7 requests (8 posts) in one or two model calls, not 7
+    got = [r.json() for r in responses[:-1]] + responses[-1].json()["predictions"]
+    records = [Record(f"x{i}", None, text, Path("<upload>"), image_bytes=img) for i, (img, text) in enumerate(posts + pair)]
+    expected = load_run(tiny_run).predict_proba(records, quiet=True, use_cache=False)
+    for answer, probs in zip(got, expected, strict=True):
+        assert [answer["probabilities"][lab] for lab in LABELS] == pytest.approx(probs.tolist(), abs=1e-5)
+
+
+def test_a_bad_image_among_concurrent_requests_fails_only_its_own(batching_client: TestClient):
+    good = [(jpeg("positive", 30 + i), "so happy") for i in range(3)]
+    broken = jpeg("negative", 40)
+    broken = broken[: len(broken) // 3]  # its header is whole: it fails when the encoder decodes it, in the batch
+    responses = concurrently([lambda p=p: post(batching_client, *p) for p in good]
+                             + [lambda: post(batching_client, broken, "so sad", name="bad.jpg")])
+    assert [r.status_code for r in responses] == [200, 200, 200, 400]
+    assert_error(responses[-1], 400, "image 'bad.jpg'", "cannot be decoded")
+    assert not responses[-1].json()["detail"].startswith("post")  # a one-post request names no post index
+    singles = [post(batching_client, *p).json() for p in good]
+    assert [r.json()["probabilities"] for r in responses[:3]] == [s["probabilities"] for s in singles]
+
+
+def test_health_and_model_answer_while_a_batch_runs(client: TestClient, monkeypatch: pytest.MonkeyPatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    run = client.app.state.predictor.run
+    started, release = threading.Event(), threading.Event()
+    real = run.predict_proba
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "predict_proba", held)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(post, client, jpeg(), "so happy")
+        assert started.wait(60)
+        t0 = time.monotonic()
+        assert client.get("/health").status_code == 200 and client.get("/model").status_code == 200
+        assert time.monotonic() - t0 < 5 and not pending.done()
+        release.set()
+        assert pending.result(60).status_code == 200

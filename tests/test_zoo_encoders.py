@@ -19,21 +19,6 @@ from mmsent.errors import MmsentError, WeightsNotFoundError
 TINY_VISION = {**TINY, "image_size": 32, "patch_size": 8}
 
 
-@pytest.fixture(scope="module")
-def clip_tokenizer(tmp_path_factory) -> str:
-    """A CLIPTokenizer folder built from a tiny vocab.json + merges.txt (characters and a few words)."""
-    from transformers import CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("cliptok")
-    letters = list("abcdefghijklmnopqrstuvwxyz")
-    tokens = letters + [c + "</w>" for c in letters] + ["lo", "lo</w>", "<|startoftext|>", "<|endoftext|>"]
-    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (root / "merges.txt").write_text("#version: 0.2\nl o\nl o</w>\n")
-    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
-    tok.save_pretrained(str(root / "tok"))
-    return str(root / "tok")
-
-
 @pytest.fixture
 def small_dataset(tmp_path: Path) -> Path:
     """Fewer images than the shared fixture: the end-to-end runs encode them with a 224-px ResNet / ViT."""
@@ -330,6 +315,7 @@ def tiny_options(bert_tokenizer: str, clip_tokenizer: str) -> dict[str, dict]:
         "clip_image": clip_options(),
         "blip_text": blip_options(bert_tokenizer),
         "blip_image": blip_options(),
+        "blip_itm": blip_options(bert_tokenizer),
     }
 
 

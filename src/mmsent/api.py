@@ -32,6 +32,7 @@ from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
+from mmsent.encoders.runtime import torch_threads
 from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics, reliability
@@ -77,12 +78,8 @@ def head_threads(cfg: Config):
     The head's matrices are small, so more threads only add synchronisation; on a shared CPU they
     made a frozen training run several times slower (measured: 191 s with 2 threads vs 39 s with 1).
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(cfg.runtime.threads or 1)
-    try:
+    with torch_threads(cfg.runtime.threads or 1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def extract_features(
@@ -525,19 +522,25 @@ class LoadedRun:
         return self.predict_features(self.features(records, quiet, use_cache), drop)
 
 
-def load_run(run_dir: Path, attempts: int = 3) -> LoadedRun:
-    """Rebuild a trained run from its folder; nothing else is needed. Incomplete or damaged runs are refused."""
+def load_run(run_dir: Path, attempts: int = 3, backend: str | None = None) -> LoadedRun:
+    """Rebuild a trained run from its folder; nothing else is needed. Incomplete or damaged runs are refused.
+
+    backend (auto, torch, onnx) replaces the run's runtime.backend: how its frozen encoders run, not what
+    they compute (an ONNX export is used only where it matches torch), so any backend predicts for any run.
+    """
     for attempt in range(attempts):
         try:
-            return _load_run(RunFolder.open(run_dir))
+            return _load_run(RunFolder.open(run_dir), backend)
         except RunChanged:
             if attempt == attempts - 1:
                 raise  # replaced again and again while being read: say so
     raise AssertionError("unreachable")
 
 
-def _load_run(folder: RunFolder) -> LoadedRun:
+def _load_run(folder: RunFolder, backend: str | None = None) -> LoadedRun:
     cfg = folder.config()
+    if backend is not None:
+        cfg = cfg.with_values({"runtime.backend": backend})
     spec = folder.spec()
     if tuple(spec.get("labels", LABELS)) != LABELS:
         raise MmsentError(f"{folder.path}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
@@ -577,12 +580,12 @@ def _load_list(
     return records, problems
 
 
-def load_runs(run_dirs: Path | Sequence[Path]) -> list[LoadedRun]:
+def load_runs(run_dirs: Path | Sequence[Path], backend: str | None = None) -> list[LoadedRun]:
     """One run folder, or several for an ensemble."""
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     if not dirs:
         raise MmsentError("no run folder given")
-    return [load_run(d) for d in dirs]
+    return [load_run(d, backend=backend) for d in dirs]
 
 
 def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = False) -> np.ndarray:
@@ -594,14 +597,14 @@ def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = F
 
 def evaluate(
     run_dir: Path | Sequence[Path], data_dir: Path | None, labels_file: Path | None, quiet: bool = False,
-    on_error: str = "fail", split: str | None = None,
+    on_error: str = "fail", split: str | None = None, backend: str | None = None,
 ) -> dict:
     """Metrics of a trained run on the labelled guids of labels_file, or of one of its own splits (`split="val"`).
 
     data_dir None: the data folder the (first) run recorded. The metrics say how many of the labelled
-    guids the runs trained on (`in_training`): those scores are not held out.
+    guids the runs trained on (`in_training`): those scores are not held out. backend: see load_run.
     """
-    runs = load_runs(run_dir)
+    runs = load_runs(run_dir, backend)
     run_dirs = [r.run_dir for r in runs]
     data_dir = data_dir if data_dir is not None else heldout.recorded_data_dir(run_dirs[0])
     if split is not None:
@@ -623,17 +626,17 @@ def evaluate(
 
 def predict(
     run_dir: Path | Sequence[Path], data_dir: Path, guids_file: Path, out_file: Path, quiet: bool = False,
-    on_error: str = "fail", shard: Shard | None = None, proba: bool = False,
+    on_error: str = "fail", shard: Shard | None = None, proba: bool = False, backend: str | None = None,
 ) -> list[tuple[str, str]]:
     """Write `guid,tag` for every guid of guids_file (or of its `shard`), in its order, atomically.
 
     proba adds a `p_LABEL` column per class. Guids skipped with on_error="skip" are listed beside the
     file, which `merge_predictions` reads. Under a launcher the processes share the encoding and the main
-    one writes.
+    one writes. backend: see load_run.
     """
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
     quiet = quiet or not distributed.is_main_process()
-    runs = load_runs(run_dir)
+    runs = load_runs(run_dir, backend)
     records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels, shard)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]

@@ -8,7 +8,9 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mmsent import __version__
 from mmsent.distributed import LAUNCHABLE_COMMANDS, require_single_process
@@ -28,6 +30,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"],
+                   help="how the frozen encoders run: ONNX Runtime where their export matches torch (auto, onnx) "
+                        "or torch (default: the run's runtime.backend)")
+
+
 def _add_overwrite(p: argparse.ArgumentParser, what: str = "run") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help=f"replace an existing {what} at --out (the old one stays intact until the new one is complete)")
@@ -39,26 +47,42 @@ def command_line(argv: list[str] | None = None) -> str:
     return "mmsent " + " ".join(shlex.quote(a) for a in args)
 
 
+def _checked_number(text: str, convert: Callable[[str], Any], valid: Callable[[Any], bool], not_a_number: str,
+                    invalid: str) -> Any:
+    """An argparse value: text converted, else not_a_number; one that is not valid, else invalid ({text}, {value})."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(not_a_number.format(text=text)) from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(invalid.format(text=text, value=value))
+    return value
+
+
 def _positive_mb(text: str) -> float:
     """An argparse type: a positive, finite number of megabytes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a size in MB such as 10") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive size; give a size in MB such as 10")
-    return value
+    return _checked_number(text, float, lambda v: math.isfinite(v) and v > 0,
+                           "{text!r} is not a number; give a size in MB such as 10",
+                           "{text} is not a positive size; give a size in MB such as 10")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return _checked_number(text, int, lambda v: v >= 1, "{text!r} is not a whole number; give one such as 16",
+                           "{value} is below 1; give a whole number such as 16")
+
+
+def _wait_ms(text: str) -> float:
+    """An argparse type: a finite number of milliseconds, 0 or more."""
+    return _checked_number(text, float, lambda v: math.isfinite(v) and v >= 0,
+                           "{text!r} is not a number; give milliseconds such as 5",
+                           "{text} is not a wait; give milliseconds, 0 or more, such as 5")
 
 
 def _port_number(text: str) -> int:
     """An argparse type: a TCP port, 0 to 65535 (0 lets the system choose a free one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; give one such as 8000") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0 to 65535); give one such as 8000")
-    return value
+    return _checked_number(text, int, lambda v: 0 <= v <= 65535, "{text!r} is not a port number; give one such as 8000",
+                           "{value} is not a port number (0 to 65535); give one such as 8000")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--labels", type=Path, help="'guid,tag' file with true tags (more columns are ignored)")
     labels.add_argument("--split", choices=["val"], help="the run's own validation split (posts it never trained on)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
+    _add_backend(p)
     _add_common(p)
 
     p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list")
@@ -94,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N",
                    help="predict only the I-th of N contiguous parts of the guid list (1 <= I <= N); "
                         "join the N files with `mmsent merge-predictions`")
+    _add_backend(p)
     _add_common(p)
 
     p = sub.add_parser("merge-predictions", help="join the prediction files of a guid list's shards, in the list's order")
@@ -135,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-decode-mb", type=_positive_mb, default=64.0,
                    help="memory one image may take to decode, in MB (default: 64, a 12-megapixel photo fits); "
                         "larger images are refused before decoding")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="most posts of concurrent requests run through the model together (default: 16)")
+    p.add_argument("--batch-wait-ms", type=_wait_ms, default=5.0,
+                   help="how long a batch waits for more requests after its first one, in ms (default: 5)")
+    _add_backend(p)
     p.add_argument("--quiet", action="store_true", help="log warnings only, not every request")
 
     p = sub.add_parser("report", help="build an HTML report (and a Markdown twin) from run and experiment folders")
@@ -277,7 +308,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from mmsent.api import evaluate
     from mmsent.heldout import overlap_warning
 
-    metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error, split=args.split)
+    metrics = evaluate(args.run, args.data, args.labels, quiet=args.quiet, on_error=args.on_error, split=args.split,
+                       backend=args.backend)
     if len(args.run) > 1:
         metrics["ensemble_of"] = [str(r) for r in args.run]
     print(json.dumps(metrics, indent=2))
@@ -292,7 +324,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     shard = Shard.parse(args.shard) if args.shard else None
     rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, shard=shard,
-                   proba=args.proba)
+                   proba=args.proba, backend=args.backend)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
     part = f" (shard {shard} of {args.guids})" if shard else ""
     if is_main_process():
@@ -376,7 +408,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmsent.serve.app import serve
 
-    serve(args.run, args.host, args.port, args.max_image_mb, args.max_decode_mb, quiet=args.quiet)
+    serve(args.run, args.host, args.port, args.max_image_mb, args.max_decode_mb, quiet=args.quiet,
+          batch_size=args.batch_size, batch_wait_ms=args.batch_wait_ms, backend=args.backend)
     return 0
 
 

@@ -134,7 +134,13 @@ class RuntimeConfig(_Section):
     # reused instead of mapped and faulted in afresh (EfficientNet-Lite0: 12 s per 384 images at 4, 22 s at 64)
     encode_batch_size: int = Field(4, gt=0)
     num_workers: int = Field(1, ge=0)
+    # threads of the encoders' inference: by default the cores less the image loader's workers, so that the
+    # network and the decoding processes do not fight over the cores (see mmsent.encoders.runtime)
     threads: int | None = Field(None, gt=0)
+    # how frozen encoders run at inference: onnx exports each one once (under the cache folder, checked
+    # against torch) and runs it with ONNX Runtime, falling back to torch with a note where that fails;
+    # auto does the same but uses torch quietly where ONNX Runtime is not installed; torch never exports
+    backend: Literal["auto", "torch", "onnx"] = "auto"
 
 
 class Config(_Section):

@@ -30,6 +30,10 @@ class Encoder(nn.Module):
     dim: int = 0
 
     tuned_digest: str | None = None  # set when fine-tuned weights replace the named ones
+    # a torch network whose frozen forward ONNX Runtime can run (mmsent.encoders.onnx_export exports it)
+    exportable: ClassVar[bool] = False
+    # a convolutional network: on a CPU it runs faster in the channels_last memory layout
+    convolutional: ClassVar[bool] = False
 
     def fingerprint(self) -> str:
         """Identifies weights and preprocessing: features are cached under it."""
@@ -58,6 +62,14 @@ class Encoder(nn.Module):
         """
         raise NotImplementedError(f"encoder {self.name!r} gives no token features")
 
+    def probe_items(self) -> list[Any]:
+        """A few inputs, as item_loader gives them, on which an exported forward is checked against torch."""
+        raise NotImplementedError(f"encoder {self.name!r} has no probe inputs")
+
+    def named_inputs(self, batch: Any) -> dict[str, torch.Tensor]:
+        """A collated batch as named tensors: the inputs of the exported forward."""
+        return dict(batch) if isinstance(batch, dict) else {IMAGES: batch}
+
     def fit(self, records: list[Record], cfg: Config) -> None:
         """Learn state from training records (only for encoders that have any, such as TF-IDF)."""
 
@@ -67,6 +79,12 @@ class Encoder(nn.Module):
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what extra_state_dict returned."""
+
+
+IMAGES = "images"  # the input name of an image batch (B, 3, H, W) in an exported forward
+# texts of several lengths (so that padding is checked too) and a seed for probe images
+PROBE_TEXTS = ("what a happy day at the beach with friends :)", "so sad", "the bus is late again, and it is raining")
+PROBE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,9 @@ class TextEncoder(Encoder):
 
     def item_loader(self, cfg: Config, train: bool = False) -> Callable[[Record], Any]:
         return TextLoader(self.text_config(cfg))
+
+    def probe_items(self) -> list[str]:
+        return list(PROBE_TEXTS)
 
 
 def _load_image(transform, max_pixels: int, draft: int | None, record: Record) -> torch.Tensor:
@@ -123,3 +144,12 @@ class ImageEncoder(Encoder):
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(items)  # (B, 3, H, W)
+
+    def probe_items(self) -> list[torch.Tensor]:
+        return probe_images(len(PROBE_TEXTS), self.preprocessing.size)
+
+
+def probe_images(n: int, size: int) -> list[torch.Tensor]:
+    """n seeded random images (3, size, size), normalised-pixel scale: the same on every call."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    return list(torch.randn(n, 3, size, size, generator=generator))

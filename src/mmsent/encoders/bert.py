@@ -17,6 +17,7 @@ class BertEncoder(TextEncoder):
     """Transformer text encoder: tokens -> last hidden states (B, T, H) -> CLS or masked mean (B, H)."""
 
     name = "bert"
+    exportable = True
 
     def __init__(
         self,

@@ -15,7 +15,14 @@ from torch.nn.functional import normalize
 
 from mmsent.config import Config
 from mmsent.data.records import Record
-from mmsent.encoders.base import ImageEncoder, TextEncoder, TextLoader, image_digest
+from mmsent.encoders.base import (
+    PROBE_TEXTS,
+    ImageEncoder,
+    TextEncoder,
+    TextLoader,
+    image_digest,
+    probe_images,
+)
 from mmsent.encoders.hf import HFTower
 from mmsent.encoders.registry import register_encoder
 
@@ -170,6 +177,9 @@ class BlipItmEncoder(_BlipPart, ImageEncoder):
 
     def item_loader(self, cfg: Config, train: bool = False):
         return PairLoader(TextLoader(cfg.text), super().item_loader(cfg, train))
+
+    def probe_items(self) -> list[tuple[str, torch.Tensor]]:
+        return list(zip(PROBE_TEXTS, probe_images(len(PROBE_TEXTS), self.preprocessing.size), strict=True))
 
     def collate(self, items: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         return {

@@ -16,6 +16,13 @@ import numpy as np
 _OPEN: dict[tuple[str, str], FeatureCache] = {}
 
 
+def entry_name(fingerprint: str) -> str:
+    """A file-system name for a fingerprint: the encoder's name, readable, and a digest of the whole."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", fingerprint.split("|")[0])[:40]
+    digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
+    return f"{slug}-{digest}"
+
+
 class FeatureCache:
     """Append-only shards of (key, vector) pairs under one folder per encoder fingerprint."""
 
@@ -26,9 +33,7 @@ class FeatureCache:
         self._shards: set[str] = set()  # shard files already read
         if root is None:
             return
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", fingerprint.split("|")[0])[:40]
-        digest = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:16]
-        self.dir = Path(root) / "features" / f"{slug}-{digest}"
+        self.dir = Path(root) / "features" / entry_name(fingerprint)
         self.refresh()
 
     @classmethod

@@ -44,6 +44,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
     """
 
     variant = "lite0"
+    exportable = True
+    convolutional = True
 
     def __init__(self, weights_path: str | None = None, pretrained: bool = True, views: list[str] | None = None):
         super().__init__()

@@ -16,6 +16,7 @@ from mmsent.data.images import ImageReadError
 from mmsent.data.records import Record
 from mmsent.encoders.base import Encoder
 from mmsent.encoders.cache import FeatureCache
+from mmsent.encoders.runtime import Forward, frozen_forward, inference_threads, torch_threads
 from mmsent.errors import DataError, Problem
 
 
@@ -37,15 +38,26 @@ class _ItemDataset(Dataset):
             return i, None, Problem(record.guid, str(record.image_path), str(exc))
 
 
+def loader_workers(encoder: Encoder, cfg: Config) -> int:
+    """Worker processes that load the encoder's items: only image decoding is worth them."""
+    return cfg.runtime.num_workers if encoder.modality == "image" else 0
+
+
 def eval_items(encoder: Encoder, records: list[Record], cfg: Config) -> DataLoader:
-    """Batches of (index, item, problem) for encoding; only image decoding is worth worker processes."""
+    """Batches of (index, item, problem) for encoding."""
     return DataLoader(
         _ItemDataset(records, encoder.item_loader(cfg, train=False)),
         batch_size=cfg.runtime.encode_batch_size,
         shuffle=False,
-        num_workers=cfg.runtime.num_workers if encoder.modality == "image" else 0,
+        num_workers=loader_workers(encoder, cfg),
         collate_fn=list,
     )
+
+
+def prepare_inference(encoder: Encoder, cfg: Config) -> Forward:
+    """Choose (export and check, where the backend says so) the forward that encodes with this config, now."""
+    encoder.eval()
+    return frozen_forward(encoder, cfg, inference_threads(cfg, loader_workers(encoder, cfg)))
 
 
 @dataclass
@@ -103,17 +115,17 @@ def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache:
     records = list(todo.values())
     loader = eval_items(encoder, records, cfg)
     problems: list[Problem] = []
-    encoder.eval()
     done_keys: list[str] = []
     done_vecs: list[np.ndarray] = []
-    with torch.inference_mode(), tqdm(total=len(records), desc=f"encode {encoder.name}", disable=quiet, unit="item") as bar:
+    bar = tqdm(total=len(records), desc=f"encode {encoder.name}", disable=quiet, unit="item")
+    with torch_threads(inference_threads(cfg, loader.num_workers)), bar:
+        forward = prepare_inference(encoder, cfg)
         for batch in loader:
             good = [(i, item) for i, item, problem in batch if problem is None]
             problems += [problem for _, _, problem in batch if problem is not None]
             if good:
-                feats = encoder(encoder.collate([item for _, item in good]))  # (B, dim)
                 done_keys += [keys[i] for i, _ in good]
-                done_vecs.append(feats.float().cpu().numpy())
+                done_vecs.append(forward(encoder.collate([item for _, item in good])))  # (B, dim) float32
             bar.update(len(batch))
             if len(done_keys) >= 1024:  # persist progress so an interrupted encoding resumes
                 cache.put_many(done_keys, np.concatenate(done_vecs))

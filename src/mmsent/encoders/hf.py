@@ -254,6 +254,7 @@ class HFTower:
     """
 
     name: str
+    exportable = True
 
     def _init_model(self, model_cls, model_type: str, name_or_path: str, pretrained: bool, config, seed: int, share: bool = True):
         """Load (or reuse, if share) the full model; returns it for the caller to take its parts from."""

@@ -44,6 +44,7 @@ class MiniLMEncoder(TextEncoder):
     """Sentence-transformers all-MiniLM-L6-v2: mean-pooled, L2-normalised token states."""
 
     name = "minilm"
+    exportable = True
 
     def __init__(
         self, name_or_path: str | None = None, pretrained: bool = True, max_length: int = 128,

@@ -83,6 +83,8 @@ class ResNet18Encoder(ImageEncoder):
     """ResNet-18 trunk: (B, 3, 224, 224) -> layer4 (B, 512, 7, 7) -> average pool (B, 512)."""
 
     name = "resnet18"
+    exportable = True
+    convolutional = True
 
     def __init__(self, pretrained: bool = True, weights_path: str | None = None, seed: int = 0):
         super().__init__()

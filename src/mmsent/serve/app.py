@@ -9,8 +9,8 @@ import math
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import parse_options_header
@@ -32,6 +33,7 @@ from mmsent.data.images import DEFAULT_MAX_DECODE_BYTES, ImageReadError, check_i
 from mmsent.data.records import Record
 from mmsent.errors import DataError, MmsentError
 from mmsent.run_folder import RunFolder
+from mmsent.serve.batching import MicroBatcher
 
 STATIC_DIR = Path(str(files("mmsent.serve") / "static"))
 UPLOAD_PATH = Path("<upload>")  # uploads live in memory; this only names them in messages
@@ -150,14 +152,22 @@ class Settings:
     # a few decodes of this size at once fit a 2-core server with a few GB (see images.DEFAULT_MAX_DECODE_BYTES)
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     decode_slots: int = DECODE_SLOTS
+    # concurrent requests' posts run through the model together: at most batch_size posts, gathered for at
+    # most batch_wait_ms after the first (a model call costs much more than a few milliseconds of waiting)
+    batch_size: int = 16
+    batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_text_chars", "max_batch", "max_image_pixels", "max_decode_bytes", "decode_slots"):
+        for name in ("max_image_bytes", "max_text_chars", "max_batch", "max_image_pixels", "max_decode_bytes", "decode_slots",
+                     "batch_size"):
             value = getattr(self, name)
             if value is None and name == "max_image_pixels":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MmsentError(f"service limit {name} is {value!r}; it must be a whole number of at least 1")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not math.isfinite(wait) or wait < 0:
+            raise MmsentError(f"service setting batch_wait_ms is {wait!r}; it must be a number of milliseconds, 0 or more")
 
     def body_limit(self, path: str) -> int | None:
         """Largest request body accepted on path, checked before it is read (None: no body expected)."""
@@ -279,27 +289,41 @@ class InMemoryUploadRoute(APIRoute):
         return in_memory_handler
 
 
-class Predictor:
-    """One loaded run; a lock serialises model calls (the CPU is shared, torch already uses its threads)."""
+@dataclass(frozen=True)
+class Post:
+    """One checked post of a request: its record (image bytes and text, in memory) and its image's file name."""
 
-    def __init__(self, run_dir: Path, settings: Settings):
+    record: Record
+    filename: str
+    sides: list[str]  # the sides the model reads from this post ("text", "image")
+    views: bool  # answer with the text-only and image-only views too
+
+
+class Predictor:
+    """One loaded run; concurrent requests' posts run through it together, one batch at a time (MicroBatcher)."""
+
+    def __init__(self, run_dir: Path, settings: Settings, backend: str | None = None):
         from mmsent.api import load_run
 
-        self.run = load_run(run_dir)
+        self.run = load_run(run_dir, backend=backend)
         folder = RunFolder.open(run_dir)
         # read once: the model in memory is this run's, even if a newer run is published at run_dir later
         self.validation = ValidationMetrics.model_validate(folder.metrics())
         self.preset = folder.preset
-        # a DataLoader worker process per request would cost more than the request itself
+        # a DataLoader worker process per model call would cost more than the call itself
         self.run.cfg = self.run.cfg.with_values({"runtime.num_workers": 0})
         self.settings = settings
         self.max_pixels = settings.max_image_pixels or self.run.cfg.data.max_image_pixels
         self.name = Path(run_dir).resolve().name
-        self._lock = threading.Lock()
         self._decode_slots = threading.BoundedSemaphore(settings.decode_slots)
         self.encoder_draft = encoder_draft_size(self.run.encoders.values())
         self.sides = [m for m in SIDES if m in set(self.run.classifier.encoder_modalities.values())]
         self.modality_dropout = self.run.cfg.model.modality_dropout
+        # one post through the model now, so that the first request does not wait for the encoders' exports and
+        # checks, their lexicons and tokenizers loading, or the first allocations of the inference sessions
+        self.run.predict_proba([warm_up_record()], quiet=True, use_cache=False)
+        # one worker thread runs the model, so model calls never overlap and image decoding stays one at a time
+        self.batcher: MicroBatcher[Post] = MicroBatcher(self.run_jobs, settings.batch_size, settings.batch_wait_ms / 1000)
 
     def check_image(self, data: bytes, filename: str) -> None:
         """Raise a 4xx for an empty, oversized or unreadable image, or one too costly to decode."""
@@ -342,37 +366,57 @@ class Predictor:
             raise HTTPException(422, f"this model reads {' and '.join(self.sides)} only; send the post's {self.sides[0]}")
         return text, read
 
-    def predict(self, posts: list[tuple[bytes | None, str, str | None]], views: bool = True) -> list[Prediction]:
-        """Check every (image bytes or None, file name, text or None) post, then run them through the model as one batch.
+    def checked_posts(self, posts: list[tuple[bytes | None, str, str | None]], views: bool) -> list[Post]:
+        """Check every (image bytes or None, file name, text or None) post: a 4xx naming the first bad one, else the posts.
 
         A side the post lacks gets a stand-in input whose features are then blanked to their training mean
-        (as `mmsent ablate` does); with views, the same features give the text-only and image-only answers
-        too: the encoders run once, and the head once over the post and its blanked copies.
+        (as `mmsent ablate` does).
         """
-        texts, read = [], []
-        for i, post in enumerate(posts):
+        checked = []
+        for i, (data, filename, text) in enumerate(posts):
             try:
-                text, sides = self.check_post(*post)
+                text, sides = self.check_post(data, filename, text)
             except HTTPException as exc:
                 raise HTTPException(exc.status_code, post_error(i, len(posts), exc.detail)) from None
-            texts.append(text)
-            read.append(sides)
-        records = [
-            Record(f"upload-{uuid.uuid4().hex[:8]}", None, text, UPLOAD_PATH,
-                   image_bytes=data if data is not None else stand_in_image())
-            for (data, _, _), text in zip(posts, texts, strict=True)
-        ]
-        try:
-            with self._lock:
-                # uploads are one-off inputs: keep their features off the on-disk cache; the lock also makes
-                # the encoders' image decoding one at a time
-                feats = self.run.features(records, quiet=True, use_cache=False)
-                answers = self.side_probabilities(feats, read, views)
-        except DataError as exc:  # an image that passed its header check but cannot be decoded
-            raise HTTPException(400, self.describe_problems(exc, records, posts)) from None
-        except MmsentError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return [self.prediction(i, sides, answers, views) for i, sides in enumerate(read)]
+            record = Record(f"upload-{uuid.uuid4().hex}", None, text, UPLOAD_PATH,
+                            image_bytes=data if data is not None else stand_in_image())
+            checked.append(Post(record, filename, sides, views))
+        return checked
+
+    async def predict(self, posts: list[tuple[bytes | None, str, str | None]], views: bool = True) -> list[Prediction]:
+        """Check the posts off the event loop, then run them through the model with other requests' posts."""
+        checked = await run_in_threadpool(self.checked_posts, posts, views)
+        return await self.batcher.submit(checked)
+
+    def run_jobs(self, jobs: list[list[Post]]) -> list[list[Prediction] | HTTPException]:
+        """Each job's predictions from one model call over all their posts; a job whose image cannot be decoded
+        gets its own 400 and the others run again without it.
+
+        With views, the same features give the text-only and image-only answers too: the encoders run
+        once, and the head once over the posts and their blanked copies.
+        """
+        outcomes: dict[int, list[Prediction] | HTTPException] = {}
+        pending = list(range(len(jobs)))
+        while pending:
+            posts = [post for i in pending for post in jobs[i]]
+            try:
+                # uploads are one-off inputs: their features stay off the on-disk cache
+                feats = self.run.features([post.record for post in posts], quiet=True, use_cache=False)
+                answers = self.side_probabilities(feats, [post.sides for post in posts], any(p.views for p in posts))
+            except DataError as exc:  # an image that passed its header check but cannot be decoded
+                failed = {i: self.describe_problems(exc, jobs[i]) for i in pending}
+                failed = {i: detail for i, detail in failed.items() if detail} or {i: str(exc) for i in pending}
+                outcomes.update({i: HTTPException(400, detail) for i, detail in failed.items()})
+                pending = [i for i in pending if i not in failed]
+                continue
+            except MmsentError as exc:
+                outcomes.update({i: HTTPException(400, str(exc)) for i in pending})
+                break
+            row = iter(range(len(posts)))
+            outcomes.update({i: [self.prediction(next(row), post.sides, answers, post.views) for post in jobs[i]]
+                             for i in pending})
+            break
+        return [outcomes[i] for i in range(len(jobs))]
 
     def side_probabilities(self, feats: dict, read: list[list[str]], views: bool) -> dict[tuple[str, ...], np.ndarray]:
         """Probabilities (N, C) per combination of sides read: every side, and each side alone where needed."""
@@ -415,16 +459,20 @@ class Predictor:
                 f"training mean; {how}.")
 
     @staticmethod
-    def describe_problems(exc: DataError, records: list[Record], posts: list[tuple[bytes, str, str]]) -> str:
-        """The encoders' image problems in the words of check_image: by post and file name, not by guid."""
-        index = {record.guid: i for i, record in enumerate(records)}
-        lines = []
-        for problem in exc.problems:
-            i = index.get(problem.guid or "")
-            if i is None:
-                return str(exc)
-            lines.append(post_error(i, len(posts), f"image {posts[i][1]!r}: {readable_reason(problem.reason)}"))
-        return "; ".join(lines) or str(exc)
+    def describe_problems(exc: DataError, posts: list[Post]) -> str:
+        """The encoders' problems with these posts' images in the words of check_image: by post and file
+        name, not by guid; empty when none of the problems is theirs."""
+        index = {post.record.guid: i for i, post in enumerate(posts)}
+        lines = [
+            post_error(index[p.guid], len(posts), f"image {posts[index[p.guid]].filename!r}: {readable_reason(p.reason)}")
+            for p in exc.problems
+            if p.guid in index
+        ]
+        return "; ".join(lines)
+
+    def close(self) -> None:
+        """Stop the model's worker thread."""
+        self.batcher.close()
 
     def info(self) -> ModelInfo:
         cfg = self.run.cfg
@@ -444,6 +492,15 @@ class Predictor:
                 max_batch=self.settings.max_batch,
             ),
         )
+
+
+def warm_up_record() -> Record:
+    """A made-up post (a grey JPEG and a short tweet) that exercises every encoder once."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(buffer, format="JPEG")
+    return Record("warm-up", None, "a warm-up post :) #happyday", UPLOAD_PATH, image_bytes=buffer.getvalue())
 
 
 def encoder_draft_size(encoders) -> int | None:
@@ -520,14 +577,24 @@ def create_app(
     max_batch: int = 32,
     max_image_pixels: int | None = None,
     max_decode_mb: float = DEFAULT_MAX_DECODE_BYTES / MIB,
+    batch_size: int = 16,
+    batch_wait_ms: float = 5.0,
+    backend: str | None = None,
 ) -> FastAPI:
-    """The service for one trained run folder; the model is loaded here, once."""
+    """The service for one trained run folder; the model is loaded here, once (backend: see mmsent.api.load_run)."""
     settings = Settings(
         mb_to_bytes("max_image_mb", max_image_mb), max_text_chars, max_batch, max_image_pixels,
-        mb_to_bytes("max_decode_mb", max_decode_mb),
+        mb_to_bytes("max_decode_mb", max_decode_mb), batch_size=batch_size, batch_wait_ms=batch_wait_ms,
     )
-    predictor = Predictor(Path(run_dir), settings)
+    predictor = Predictor(Path(run_dir), settings, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        predictor.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="mmsent",
         version=__version__,
         description="Sentiment (negative / neutral / positive) of a post from its image and its text. "
@@ -573,7 +640,7 @@ def create_app(
         views: Annotated[bool, Query(description="also answer from the text alone and the image alone")] = True,
     ) -> Prediction:
         data, name = await read_image(image, settings.max_image_bytes) if image is not None else (None, "image")
-        return (await _in_thread(predictor.predict, [(data, name, text)], views))[0]
+        return (await predictor.predict([(data, name, text)], views))[0]
 
     @uploads.post(
         "/predict/batch",
@@ -591,17 +658,10 @@ def create_app(
         if len(images) > settings.max_batch:
             raise HTTPException(413, f"{len(images)} posts in one batch, over the limit of {settings.max_batch}")
         posts = [(*await read_image(upload, settings.max_image_bytes), text) for upload, text in zip(images, texts, strict=True)]
-        return BatchPrediction(predictions=await _in_thread(predictor.predict, posts, views), model=predictor.name)
+        return BatchPrediction(predictions=await predictor.predict(posts, views), model=predictor.name)
 
     app.include_router(uploads)
     return app
-
-
-async def _in_thread(fn, *args):
-    """Run the model off the event loop so that the service keeps answering while it works."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -639,13 +699,17 @@ def serve(
     max_image_mb: float = 10,
     max_decode_mb: float = DEFAULT_MAX_DECODE_BYTES / MIB,
     quiet: bool = False,
+    batch_size: int = 16,
+    batch_wait_ms: float = 5.0,
+    backend: str | None = None,
 ) -> None:
     """Bind host:port, load the run and serve it with uvicorn until interrupted."""
     import uvicorn
 
     sock = bind_socket(host, port)  # first: a port in use is refused before the model is loaded
     try:
-        app = create_app(run_dir, max_image_mb=max_image_mb, max_decode_mb=max_decode_mb)
+        app = create_app(run_dir, max_image_mb=max_image_mb, max_decode_mb=max_decode_mb, batch_size=batch_size,
+                         batch_wait_ms=batch_wait_ms, backend=backend)
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: listening on {host}, beyond this machine; the service has no authentication")
         port = sock.getsockname()[1]  # the port the OS chose for --port 0
