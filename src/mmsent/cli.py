@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = data_sub.add_parser("check", help="report counts, encodings, duplicates, image sizes and problems")
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
+    _add_format_args(c)
 
     p = sub.add_parser("compare", help="train several presets on one split and tabulate them")
     p.add_argument("--data", type=Path, required=True)
@@ -133,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_badcase_parsers(sub)
     _add_experiment_parsers(sub)
     return parser
+
+
+def _add_format_args(p: argparse.ArgumentParser) -> None:
+    from mmsent.data.releases import FORMATS, MERGE_RULES
+
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="course (train.txt), an official release (labelResultAll.txt), or auto: detect it")
+    p.add_argument("--merge", choices=list(MERGE_RULES), default="standard",
+                   help="how a release's text and image labels make one tag (default: standard, the literature's)")
 
 
 def _add_badcase_parsers(sub) -> None:
@@ -298,7 +308,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from mmsent.files import atomic_write_text, check_output_file
 
     out = check_output_file(args.out, "the data report")  # before the data set is read
-    report = check_dataset(args.data)
+    report = check_dataset(args.data, data_format=args.format, merge=args.merge)
     atomic_write_text(out, json.dumps(report, indent=2))
     print(format_report(report))
     print(f"JSON report: {out}")
