@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
 from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import check_no_leak
-from mmsent.data.labels import write_label_file
+from mmsent.data.labels import read_label_file, write_label_file
 from mmsent.data.records import (
     TEST_LIST,
     DataSet,
@@ -28,6 +28,7 @@ from mmsent.data.records import (
     raise_on_problems,
     require_data_dir,
 )
+from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
@@ -46,7 +47,16 @@ from mmsent.errors import MmsentError
 from mmsent.factory import Preprocessing, create_encoders, create_model
 from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
-from mmsent.run_folder import RunChanged, RunFolder, RunOrigin, RunWriter, Split, create_run, encoder_weights_blob
+from mmsent.run_folder import (
+    RunChanged,
+    RunFolder,
+    RunOrigin,
+    RunWriter,
+    Split,
+    create_run,
+    encoder_weights_blob,
+    read_manifest,
+)
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -189,7 +199,7 @@ def train_into(
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
     train_records = list(train_records) + list(extra_train or []) + augmented
-    check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
+    check_no_leak(train_records, val_records, [r.guid for r in dataset.test] + dataset.held_out)
     if dataset.skipped:
         writer.write_skipped(dataset.skipped_rows())
     fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
@@ -590,7 +600,60 @@ def run(
     return RunSummary(Path(out_dir), result.metrics, writer.predictions, len(rows), time.perf_counter() - t0)
 
 
+def read_guids(list_file: Path) -> list[str]:
+    """The guids of a `guid,tag` list, its tags ignored; a missing or malformed list is an error."""
+    entries, problems = read_label_file(Path(list_file), labelled=False)
+    raise_on_problems(problems, "fail")
+    return [e.guid for e in entries]
+
+
+def held_out_files(data_dir: Path, train_list: Path, test_lists: Sequence[Path] = ()) -> list[Path]:
+    """The lists never to train on: those given, the test list of the split folder train_list is in
+    (`mmsent split`), and a course folder's test_without_label.txt."""
+    folder = Path(train_list).parent
+    files = [Path(f) for f in test_lists] + held_out_lists(read_manifest(folder), folder)
+    if (Path(data_dir) / TEST_LIST).is_file():
+        files.append(Path(data_dir) / TEST_LIST)
+    return list(dict.fromkeys(files))
+
+
+def train_on_lists(
+    data_dir: Path,
+    out_dir: Path,
+    cfg: Config,
+    train_list: Path,
+    val_list: Path | None = None,
+    test_lists: Sequence[Path] = (),
+    quiet: bool = False,
+    overwrite: bool = False,
+    origin: RunOrigin | None = None,
+) -> TrainResult:
+    """Train on the posts of train_list (`guid,tag`), measured on val_list; the leak guard holds out held_out_files.
+
+    Without val_list the validation split is cut from train_list by data.val_fraction, as `train` does.
+    The default model's heads early-stop on folds of the training list, so the validation list only measures
+    the run (a single-head model early-stops on it).
+    """
+    root = require_data_dir(Path(data_dir))
+    max_pixels = cfg.data.max_image_pixels
+    train_records, problems = load_records(root, Path(train_list), True, max_pixels)
+    val_records, val_problems = load_records(root, Path(val_list), True, max_pixels) if val_list else ([], [])
+    raise_on_problems(problems + val_problems, cfg.data.on_error)
+    if val_list is not None and not val_records:
+        raise MmsentError(f"{val_list}: the validation list holds no post to measure the run on")
+    held_out = held_out_files(root, Path(train_list), test_lists)
+    held_out_guids = [g for f in held_out for g in read_guids(f)]
+    if val_list is None:
+        train_records, val_records = split_records(train_records, cfg)
+    dataset = DataSet(root, train_records, [], skipped=problems + val_problems, held_out=held_out_guids)
+    origin = origin or RunOrigin()
+    lists = {"train_list": str(Path(train_list).resolve()), "val_list": str(Path(val_list).resolve()) if val_list else None,
+             "held_out_lists": [str(f.resolve()) for f in held_out]}
+    return train(root, out_dir, cfg, quiet, dataset=dataset, split=(train_records, val_records), overwrite=overwrite,
+                 origin=replace(origin, facts={**origin.facts, **lists}))
+
+
 __all__ = [
     "LoadedRun", "RunOrigin", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
-    "predict", "run", "train", "TEST_LIST",
+    "predict", "run", "train", "TEST_LIST", "train_on_lists",
 ]

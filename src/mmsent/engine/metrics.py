@@ -63,3 +63,13 @@ def summary_line(metrics: dict) -> str:
         f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  weighted-F1 {metrics['weighted_f1']:.4f}  "
         f"macro-P {metrics['macro_precision']:.4f}  macro-R {metrics['macro_recall']:.4f}  (n={metrics['n']})"
     )
+
+
+# what papers on MVSA report, in their order: accuracy and the support-weighted F1
+LITERATURE_METRICS = ["accuracy", "weighted_f1"]
+
+
+def literature_first(metrics: dict) -> dict:
+    """The same metrics with the literature's (accuracy, weighted F1) first, then n and macro-F1, then the rest."""
+    first = LITERATURE_METRICS + ["n", "macro_f1"]
+    return {**{k: metrics[k] for k in first if k in metrics}, **{k: v for k, v in metrics.items() if k not in first}}
