@@ -19,6 +19,7 @@ from mmsent.data.dataset import record_batches
 from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import check_no_leak
 from mmsent.data.labels import read_label_file, write_label_file
+from mmsent.data.posts import Posts, modality_name, read_posts
 from mmsent.data.records import (
     TEST_LIST,
     DataSet,
@@ -31,7 +32,7 @@ from mmsent.data.records import (
 from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim
 from mmsent.engine.decision import fit_decision, reliability
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics
@@ -43,7 +44,7 @@ from mmsent.engine.trainer import (
     predict_proba,
     seed_everything,
 )
-from mmsent.errors import MmsentError
+from mmsent.errors import MmsentError, Problem
 from mmsent.factory import Preprocessing, create_encoders, create_model
 from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
@@ -57,6 +58,7 @@ from mmsent.run_folder import (
     encoder_weights_blob,
     read_manifest,
 )
+from mmsent.tables import csv_text
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -653,7 +655,87 @@ def train_on_lists(
                  origin=replace(origin, facts={**origin.facts, **lists}))
 
 
+@dataclass
+class PostPredictions:
+    """What `predict_posts` wrote: (id, tag, modalities) rows, the posts skipped, the columns it did not read."""
+
+    rows: list[tuple[str, str, str]]
+    skipped: list[Problem]
+    ignored: list[str]
+    skipped_file: Path | None = None
+
+
+def run_modalities(run: LoadedRun) -> frozenset[str]:
+    return frozenset(run.classifier.encoder_modalities.values())
+
+
+def modality_features(run: LoadedRun, records: list[Record], present: frozenset[str], quiet: bool) -> dict[str, np.ndarray]:
+    """{encoder: features} of posts that have only the modalities `present`: the encoders of a missing modality
+    do not run; zeros stand in for their features, which predict_features blanks."""
+    encoders = {n: e for n, e in run.encoders.items() if e.modality in present}
+    tokens = [n for n in run.classifier.token_encoders if n in encoders]
+    feats, _ = extract_features(encoders, records, run.cfg, quiet, token_encoders=tokens)
+    for name in run.encoders.keys() - encoders.keys():
+        if name in run.classifier.token_encoders:
+            feats[name] = np.zeros((len(records), 1, token_dim(run.encoders[name])), np.float32)  # (N, 1, D_tok)
+            feats[f"{name}.mask"] = np.ones((len(records), 1), bool)
+        else:
+            feats[name] = np.zeros((len(records), run.classifier.encoder_dims[name]), np.float32)  # (N, D)
+    return feats
+
+
+def posts_proba(run: LoadedRun, records: list[Record], modalities: list[frozenset[str]], quiet: bool = False) -> np.ndarray:
+    """Probabilities (N, C) of posts with one or both modalities; a missing modality is blanked (set to its
+    training mean), as `mmsent ablate` blanks one. Posts with both are predicted exactly as predict_proba does."""
+    probs = np.zeros((len(records), len(LABELS)), np.float32)
+    needed = run_modalities(run)
+    for present in sorted(set(modalities), key=modality_name):
+        idx = np.array([i for i, m in enumerate(modalities) if m == present])
+        feats = modality_features(run, [records[i] for i in idx], present & needed, quiet)
+        probs[idx] = run.predict_features(feats, drop=needed - present)
+    return probs
+
+
+def unreadable_posts(runs: list[LoadedRun], posts: Posts) -> list[Problem]:
+    """A problem per post that has none of the modalities some run reads (a text-only post for an image-only run)."""
+    problems = []
+    for run in runs:
+        needed = run_modalities(run)
+        for record, present in zip(posts.records, posts.modalities, strict=True):
+            if not present & needed:
+                problems.append(Problem(record.guid, str(run.run_dir), f"the run reads only {modality_name(needed)}; "
+                                        f"this post has only {modality_name(present)}"))
+    return problems
+
+
+def predict_posts(
+    run_dir: Path | Sequence[Path], source: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+) -> PostPredictions:
+    """Write `id,tag,modalities` for every post of a CSV / JSONL file or a folder (see data.posts), atomically."""
+    out_file = check_output_file(Path(out_file), "the predictions")  # before any work
+    runs = load_runs(run_dir)
+    posts = read_posts(Path(source), runs[0].cfg.data.max_image_pixels)
+    unreadable = unreadable_posts(runs, posts)
+    problems = posts.problems + unreadable
+    raise_on_problems(problems, on_error)
+    skip = {p.guid for p in unreadable}
+    kept = [i for i, r in enumerate(posts.records) if r.guid not in skip]
+    records, modalities = [posts.records[i] for i in kept], [posts.modalities[i] for i in kept]
+    if len(runs) == 1:
+        probs = posts_proba(runs[0], records, modalities, quiet)
+    else:
+        probs = np.mean([posts_proba(run, records, modalities, quiet) for run in runs], axis=0)
+    rows = [(r.guid, LABELS[int(p.argmax())], modality_name(m)) for r, p, m in zip(records, probs, modalities, strict=True)]
+    columns = ["id", "tag", "modalities"]
+    atomic_write_text(out_file, csv_text([dict(zip(columns, row)) for row in rows], columns))
+    skipped_file = out_file.with_suffix(".skipped.json") if problems else None
+    if skipped_file is not None:
+        skipped = [{"id": p.guid, "path": p.path, "reason": p.reason} for p in problems]
+        atomic_write_text(skipped_file, json.dumps(skipped, indent=2))
+    return PostPredictions(rows, problems, posts.ignored, skipped_file)
+
+
 __all__ = [
     "LoadedRun", "RunOrigin", "RunSummary", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
-    "predict", "run", "train", "TEST_LIST", "train_on_lists",
+    "predict", "run", "train", "TEST_LIST", "predict_posts", "train_on_lists",
 ]

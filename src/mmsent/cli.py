@@ -83,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="literature: the papers' accuracy and weighted F1 first (the same metrics otherwise)")
     _add_common(p)
 
-    p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list")
+    p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list, or 'id,tag,modalities' for posts")
     p.add_argument("--run", type=Path, required=True, action="append",
                    help="run folder; repeat it to predict with the ensemble (mean class probabilities)")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
+    p.add_argument("--data", type=Path, help="data set folder (with --guids)")
+    p.add_argument("--guids", type=Path, help="'guid,tag' file; its tags are ignored")
+    p.add_argument("--input", type=Path, help="instead of --data/--guids: your own posts, a .csv or .jsonl file "
+                   "(id, text or text_path, image_path) or a folder of NAME.jpg with optional NAME.txt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     _add_common(p)
@@ -314,6 +316,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mmsent.api import predict
 
+    if args.input is not None or not (args.data and args.guids):
+        return cmd_predict_posts(args)
     rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error)
     ensemble = f" (ensemble of {len(args.run)} runs)" if len(args.run) > 1 else ""
     print(f"wrote {len(rows)} predictions to {args.out}{ensemble}")
@@ -548,6 +552,23 @@ def cmd_train_on_lists(args: argparse.Namespace) -> int:
                             quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
     print(f"validation: {summary_line(result.metrics)}")
     print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_predict_posts(args: argparse.Namespace) -> int:
+    from mmsent.api import predict_posts
+
+    if args.input is None or args.data or args.guids:
+        raise MmsentError("predict takes --data and --guids (posts of a data set), or --input (your own posts), "
+                          "not both")
+    result = predict_posts(args.run, args.input, args.out, quiet=args.quiet, on_error=args.on_error)
+    one = [modalities for _, _, modalities in result.rows if "+" not in modalities]
+    only = f" ({len(one)} from one modality only: see the column modalities)" if one else ""
+    print(f"wrote {len(result.rows)} predictions to {args.out}{only}")
+    if result.ignored:
+        print(f"not read (mmsent reads id, text, text_path, image_path): {', '.join(result.ignored)}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} post(s), listed in {result.skipped_file}")
     return 0
 
 
