@@ -33,9 +33,9 @@ from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim
-from mmsent.engine.decision import fit_decision, reliability
+from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
-from mmsent.engine.metrics import compute_metrics
+from mmsent.engine.metrics import compute_metrics, reliability
 from mmsent.engine.trainer import (
     EpochCallback,
     FeatureBatches,
@@ -383,7 +383,8 @@ def _fit_cross_fitted(
         results.append(fit(member, fit_batches, stop_batches, loss_fn, cfg.train,
                            callbacks=callbacks if index == 0 else None, quiet=quiet))
         oof[stop_idx] = predict_proba(member, stop_batches)[0]
-    decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate)
+    decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate, cfg.train.decision_bootstraps,
+                            cfg.train.seed)
     classifier.set_decision(decision.offsets, decision.temperature)
     history = [{**record, "member": index} for index, r in enumerate(results) for record in r.history]
     merged = FitResult(history, int(np.median([r.best_epoch for r in results])),

@@ -111,6 +111,9 @@ class TrainConfig(_Section):
     # the tag rule, fitted on the heads' out-of-fold predictions (ensemble >= 2): per-class offsets that
     # maximise macro-F1 or accuracy, or plain argmax
     decision: Literal["argmax", "macro_f1", "accuracy"] = "macro_f1"
+    # offsets averaged over this many bootstrap resamples of the out-of-fold predictions (0: one fit on
+    # them all); the objective is flat near its best, so a single fit moves with the training seed
+    decision_bootstraps: int = Field(0, ge=0, le=1000)
     # temperature scaling of the probabilities on the same out-of-fold predictions (ensemble >= 2)
     calibrate: bool = True
 

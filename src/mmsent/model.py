@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,18 @@ class FusionClassifier(nn.Module):
         self.offsets.copy_(torch.as_tensor(offsets, dtype=torch.float32))
         self.temperature.fill_(float(temperature))
 
+    def prepare_fixed_inputs(self, features: dict[str, torch.Tensor]) -> tuple[Callable, dict]:
+        """(forward on grouped inputs, the grouped inputs) for a full-batch optimiser (see trainer.fixed_inputs)."""
+        if self.modality_dropout > 0:
+            return self, features  # grouping is random in training: redo it on every call
+        with torch.no_grad():
+            return self.forward_groups, self.group_by_modality(features)
+
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        groups = self.group_by_modality(features)
+        return self.forward_groups(self.group_by_modality(features))
+
+    def forward_groups(self, groups: dict) -> torch.Tensor:
+        """Standardised {modality: features} -> decision logits (B, C)."""
         if len(self.heads) == 1:
             log_p = torch.log_softmax(self.heads[0](groups), dim=-1)  # (B, C)
         else:
@@ -163,6 +174,11 @@ class HeadView(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.classifier.group_by_modality(features))
+
+    def prepare_fixed_inputs(self, features: dict[str, torch.Tensor]) -> tuple[Callable, dict]:
+        """(this member's head, the grouped inputs) for a full-batch optimiser (see trainer.fixed_inputs)."""
+        forward, groups = self.classifier.prepare_fixed_inputs(features)
+        return (self, features) if forward is self.classifier else (self.head, groups)
 
 
 class MultimodalModel(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
@@ -67,9 +68,18 @@ def stratified_folds(
     tags: Sequence[str], k: int, seed: int, groups: Sequence[int] | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """k (train, held-out) index pairs, stratified, every group in one fold; each index is held out once."""
-    tags = list(tags)
+    key = None if groups is None else tuple(int(g) for g in groups)
+    return [(a.copy(), b.copy()) for a, b in _stratified_folds(tuple(tags), k, seed, key)]
+
+
+@lru_cache(maxsize=64)
+def _stratified_folds(
+    tags: tuple[str, ...], k: int, seed: int, groups: tuple[int, ...] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    # memoised: cross-validation asks for the same folds of the same posts once per candidate, and
+    # StratifiedGroupKFold takes seconds on a few thousand groups
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    pairs = folds.split(np.zeros(len(tags)), tags, _groups(len(tags), groups))
+    pairs = folds.split(np.zeros(len(tags)), list(tags), _groups(len(tags), groups))
     return [(np.sort(a), np.sort(b)) for a, b in pairs]
 
 

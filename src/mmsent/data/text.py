@@ -65,6 +65,14 @@ def segment_hashtag(tag: str) -> str:
 
 def clean_text(text: str, cfg: TextConfig) -> str:
     """Apply the cleaning steps enabled in cfg, in a fixed order."""
+    return _clean_text(text, tuple(cfg.model_dump().items()))
+
+
+@lru_cache(maxsize=1 << 16)
+def _clean_text(text: str, settings: tuple) -> str:
+    # memoised: every cached-feature lookup cleans the text again to find its key, and emoji naming and
+    # hashtag segmentation cost about half a millisecond a post
+    cfg = TextConfig(**dict(settings))
     if cfg.remove_urls:
         text = URL_RE.sub(" ", text)
     if cfg.remove_mentions:

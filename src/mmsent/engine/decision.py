@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from sklearn.metrics import f1_score
+
+from mmsent.engine.metrics import accuracy_and_macro_f1
 
 OFFSET_GRID = np.round(np.arange(-2.0, 2.0001, 0.05), 4)
 
@@ -25,7 +26,19 @@ class Decision:
     fitted_on: int  # out-of-fold predictions used (0: not fitted)
 
 
-def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 3) -> np.ndarray:
+def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, bootstraps: int = 0, seed: int = 0) -> np.ndarray:
+    """Per-class offsets for the objective: one fit on (y, log p), or the mean of fits on bootstrap resamples.
+
+    Bagging the fit (Breiman, 1996) steadies offsets whose objective is flat near its best.
+    """
+    if bootstraps == 0 or objective == "argmax":
+        return fit_offsets_once(y, log_p, objective)
+    rng = np.random.default_rng(seed)
+    resamples = (rng.integers(0, len(y), len(y)) for _ in range(bootstraps))
+    return np.mean([fit_offsets_once(y[idx], log_p[idx], objective) for idx in resamples], axis=0)
+
+
+def fit_offsets_once(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 3) -> np.ndarray:
     """Per-class offsets maximising the objective on (y, log p) by coordinate ascent on a fixed grid.
 
     The first class's offset stays 0 (only differences matter); ties keep the smaller move, so an
@@ -37,10 +50,8 @@ def fit_offsets(y: np.ndarray, log_p: np.ndarray, objective: str, passes: int = 
         return offsets
 
     def score(b: np.ndarray) -> float:
-        pred = (log_p + b).argmax(axis=1)
-        if objective == "accuracy":
-            return float((pred == y).mean())
-        return float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))
+        accuracy, macro_f1 = accuracy_and_macro_f1(y, (log_p + b).argmax(axis=1), n_classes)
+        return accuracy if objective == "accuracy" else macro_f1
 
     best = score(offsets)
     for _ in range(passes):
@@ -70,40 +81,11 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def fit_decision(y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bool) -> Decision:
+def fit_decision(
+    y: np.ndarray, probs: np.ndarray, objective: str, calibrate: bool, bootstraps: int = 0, seed: int = 0
+) -> Decision:
     """Offsets for the objective, then the temperature, from out-of-fold probabilities (N, C)."""
     log_p = np.log(np.clip(probs, 1e-12, 1.0))
-    offsets = fit_offsets(y, log_p, objective)
+    offsets = fit_offsets(y, log_p, objective, bootstraps, seed)
     temperature = fit_temperature(y, log_p + offsets) if calibrate else 1.0
     return Decision(offsets, temperature, objective, len(y))
-
-
-def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
-    if len(y) == 0:
-        return float("nan")
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
-
-
-def reliability(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
-    """Per confidence bin: its range, posts, mean confidence and accuracy (a reliability diagram's data)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    rows = []
-    for b in range(bins):
-        mask = which == b
-        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
-                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
-                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
-    return rows

@@ -1,4 +1,4 @@
-"""Classification metrics from scikit-learn: accuracy, macro P/R/F1, per class, confusion, ROC AUC."""
+"""Classification metrics from scikit-learn (accuracy, macro P/R/F1, per class, confusion, ROC AUC) and calibration."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from sklearn.metrics import (
 )
 
 from mmsent import LABELS
-from mmsent.engine.decision import expected_calibration_error
 
 
 def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str] = LABELS) -> dict:
@@ -46,6 +45,21 @@ def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[s
     return metrics
 
 
+def accuracy_and_macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """Accuracy and macro-F1 (as scikit-learn's, zero_division=0) from one confusion matrix.
+
+    For loops that score thousands of candidate decisions or epochs: scikit-learn's input validation
+    costs about 40 ms a call, this about 0.1 ms.
+    """
+    if len(y_true) == 0:
+        return 0.0, 0.0
+    confusion = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    tp = np.diag(confusion).astype(np.float64)
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)  # 2 TP + FP + FN
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(tp.sum() / max(len(y_true), 1)), float(f1.mean())
+
+
 # the scalar metrics every experiment table shows, in this order
 METRICS = ["accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "roc_auc_ovr_macro"]
 
@@ -63,6 +77,37 @@ def summary_line(metrics: dict) -> str:
         f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  weighted-F1 {metrics['weighted_f1']:.4f}  "
         f"macro-P {metrics['macro_precision']:.4f}  macro-R {metrics['macro_recall']:.4f}  (n={metrics['n']})"
     )
+
+
+def expected_calibration_error(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
+    if len(y) == 0:
+        return float("nan")
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
+def reliability(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per confidence bin: its range, posts, mean confidence and accuracy (a reliability diagram's data)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        mask = which == b
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": int(mask.sum()),
+                     "confidence": float(confidence[mask].mean()) if mask.any() else None,
+                     "accuracy": float(correct[mask].mean()) if mask.any() else None})
+    return rows
 
 
 # what papers on MVSA report, in their order: accuracy and the support-weighted F1

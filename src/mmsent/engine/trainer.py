@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmsent.config import TrainConfig
-from mmsent.engine.metrics import compute_metrics
+from mmsent.engine.metrics import accuracy_and_macro_f1
 
 Batch = tuple[object, torch.Tensor]  # (model inputs, labels (B,))
 EpochCallback = Callable[[dict], None]
@@ -105,12 +105,27 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
     return 0.5 * sum((p ** 2).sum() for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
 
 
-def lbfgs_closure(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: torch.Tensor, l2: float):
-    """The loss L-BFGS re-evaluates: mean class-weighted cross-entropy + l2 * ||W||^2 / 2."""
+def fixed_inputs(model: nn.Module, inputs) -> tuple[Callable, object]:
+    """For a full-batch optimiser: the model's input preparation done once, and what maps the prepared inputs to logits.
+
+    A fusion classifier standardises and groups its cached features on every call; L-BFGS calls it
+    hundreds of times on the same batch, so that work (most of a logistic regression's time) is done once.
+    """
+    prepare = getattr(model, "prepare_fixed_inputs", None)
+    return (model, inputs) if prepare is None else prepare(inputs)
+
+
+def lbfgs_closure(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: torch.Tensor, l2: float,
+                  forward: Callable | None = None):
+    """The loss L-BFGS re-evaluates: mean class-weighted cross-entropy + l2 * ||W||^2 / 2.
+
+    `forward` maps `inputs` to logits (default: the model itself; see fixed_inputs).
+    """
+    forward = forward or model
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), y) + l2 * l2_penalty(model)
+        loss = loss_fn(forward(inputs), y) + l2 * l2_penalty(model)
         loss.backward()
         return loss
 
@@ -141,7 +156,9 @@ def fit(
         # full-batch L-BFGS on the L2-penalised loss: with the linear head, exactly a logistic regression
         optimizer = torch.optim.LBFGS([p for g in params for p in g["params"]], lr=1.0, max_iter=cfg.lbfgs_steps,
                                       history_size=20, line_search_fn="strong_wolfe")
-        train_batches = [full_batch(train_batches)]
+        inputs, y = full_batch(train_batches)
+        forward, inputs = fixed_inputs(model, inputs)
+        train_batches = [(inputs, y)]
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     device = None
@@ -160,7 +177,7 @@ def fit(
         loss_sum, n = 0.0, 0
         for inputs, y in train_batches:
             if cfg.optimizer == "lbfgs":
-                loss = optimizer.step(lbfgs_closure(model, optimizer, loss_fn, inputs, y, cfg.weight_decay))
+                loss = optimizer.step(lbfgs_closure(model, optimizer, loss_fn, inputs, y, cfg.weight_decay, forward))
             elif accelerator is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model(inputs), y)
@@ -176,19 +193,19 @@ def fit(
             loss_sum += loss.item() * len(y)
             n += len(y)
         probs, y_val, val_loss = predict_proba(model, val_batches, device)
-        metrics = compute_metrics(y_val, probs)
+        val_accuracy, val_macro_f1 = accuracy_and_macro_f1(y_val, probs.argmax(axis=1), probs.shape[1])
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / max(n, 1),
             "val_loss": val_loss,
-            "val_accuracy": metrics["accuracy"],
-            "val_macro_f1": metrics["macro_f1"],
+            "val_accuracy": val_accuracy,
+            "val_macro_f1": val_macro_f1,
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        bar.set_postfix(f1=f"{metrics['macro_f1']:.3f}", best=f"{max(best_score, metrics['macro_f1']):.3f}")
-        if metrics["macro_f1"] > best_score:
-            best_score, best_epoch = metrics["macro_f1"], epoch
+        bar.set_postfix(f1=f"{val_macro_f1:.3f}", best=f"{max(best_score, val_macro_f1):.3f}")
+        if val_macro_f1 > best_score:
+            best_score, best_epoch = val_macro_f1, epoch
             best_state = snapshot(model)
         for callback in callbacks or []:
             callback(record)

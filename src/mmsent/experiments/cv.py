@@ -176,6 +176,7 @@ def run_cv(
             fold_rows[name], oof = cross_validate(name, cfg, dataset, fold_list, quiet)
             _write_candidate(out_dir / "candidates" / name, cfg, dataset.train, oof)
         names = list(candidates)
+        _remove_other_candidates(out_dir / "candidates", names)
         summary = [summary_row(n, fold_rows[n], ratio) for n in names]
         paired = [row for n in names[1:] for row in paired_rows(names[0], n, fold_rows[names[0]], fold_rows[n], ratio)]
         all_folds = [row for n in names for row in fold_rows[n]]
@@ -199,6 +200,15 @@ def run_cv(
         text += "\n" + markdown_table(paired, ["candidate", "reference", "score", "difference", "ci_low", "ci_high",
                                                "verdict"])
     return CVResult(out_dir, summary, all_folds, paired, text)
+
+
+def _remove_other_candidates(folder: Path, names: list[str]) -> None:
+    """Candidate folders of an earlier, unfinished run of this experiment that this run does not have."""
+    import shutil
+
+    for path in folder.iterdir():
+        if path.is_dir() and path.name not in names:
+            shutil.rmtree(path)
 
 
 def _write_candidate(folder: Path, cfg: Config, records: list[Record], oof: np.ndarray) -> None:
