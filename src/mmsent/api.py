@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from mmsent.data.augmented import load_augmented
 from mmsent.data.dataset import record_batches
 from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import check_no_leak
-from mmsent.data.labels import write_label_file
+from mmsent.data.labels import read_label_file, write_label_file
+from mmsent.data.posts import Posts, modality_name, read_posts
 from mmsent.data.records import (
     TEST_LIST,
     DataSet,
@@ -29,9 +31,10 @@ from mmsent.data.records import (
     require_data_dir,
 )
 from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
+from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim
 from mmsent.encoders.runtime import torch_threads
 from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
@@ -44,9 +47,9 @@ from mmsent.engine.trainer import (
     predict_proba,
     seed_everything,
 )
-from mmsent.errors import MmsentError
+from mmsent.errors import MmsentError, Problem
 from mmsent.factory import Preprocessing, create_encoders, create_model
-from mmsent.files import check_output_file
+from mmsent.files import atomic_write_text, check_output_file
 from mmsent.model import FusionClassifier, MultimodalModel
 from mmsent.run_folder import (
     RunChanged,
@@ -57,7 +60,9 @@ from mmsent.run_folder import (
     create_run_once,
     encoder_weights_blob,
     predictions_path,
+    read_manifest,
 )
+from mmsent.tables import csv_text
 
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 
@@ -201,7 +206,7 @@ def train_into(
     train_records, val_records = split if split is not None else split_records(dataset.train, cfg)
     augmented = load_augmented(cfg.data.augment, cfg.data.max_image_pixels)
     train_records = list(train_records) + list(extra_train or []) + augmented
-    check_no_leak(train_records, val_records, [r.guid for r in dataset.test])
+    check_no_leak(train_records, val_records, [r.guid for r in dataset.test] + dataset.held_out)
     if dataset.skipped and writer is not None:
         writer.write_skipped(dataset.skipped_rows())
     fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
@@ -672,7 +677,140 @@ def run(
     return RunSummary(Path(out_dir), result.metrics, predictions_path(out_dir), len(rows), time.perf_counter() - t0)
 
 
+def read_guids(list_file: Path) -> list[str]:
+    """The guids of a `guid,tag` list, its tags ignored; a missing or malformed list is an error."""
+    entries, problems = read_label_file(Path(list_file), labelled=False)
+    raise_on_problems(problems, "fail")
+    return [e.guid for e in entries]
+
+
+def held_out_files(data_dir: Path, train_list: Path, test_lists: Sequence[Path] = ()) -> list[Path]:
+    """The lists never to train on: those given, the test list of the split folder train_list is in
+    (`mmsent split`), and a course folder's test_without_label.txt."""
+    folder = Path(train_list).parent
+    files = [Path(f) for f in test_lists] + held_out_lists(read_manifest(folder), folder)
+    if (Path(data_dir) / TEST_LIST).is_file():
+        files.append(Path(data_dir) / TEST_LIST)
+    return list(dict.fromkeys(files))
+
+
+def train_on_lists(
+    data_dir: Path,
+    out_dir: Path,
+    cfg: Config,
+    train_list: Path,
+    val_list: Path | None = None,
+    test_lists: Sequence[Path] = (),
+    quiet: bool = False,
+    overwrite: bool = False,
+    origin: RunOrigin | None = None,
+) -> TrainResult:
+    """Train on the posts of train_list (`guid,tag`), measured on val_list; the leak guard holds out held_out_files.
+
+    Without val_list the validation split is cut from train_list by data.val_fraction, as `train` does.
+    The default model's heads early-stop on folds of the training list, so the validation list only measures
+    the run (a single-head model early-stops on it).
+    """
+    root = require_data_dir(Path(data_dir))
+    max_pixels = cfg.data.max_image_pixels
+    train_records, problems = load_records(root, Path(train_list), True, max_pixels)
+    val_records, val_problems = load_records(root, Path(val_list), True, max_pixels) if val_list else ([], [])
+    raise_on_problems(problems + val_problems, cfg.data.on_error)
+    if val_list is not None and not val_records:
+        raise MmsentError(f"{val_list}: the validation list holds no post to measure the run on")
+    held_out = held_out_files(root, Path(train_list), test_lists)
+    held_out_guids = [g for f in held_out for g in read_guids(f)]
+    if val_list is None:
+        train_records, val_records = split_records(train_records, cfg)
+    dataset = DataSet(root, train_records, [], skipped=problems + val_problems, held_out=held_out_guids)
+    origin = origin or RunOrigin()
+    lists = {"train_list": str(Path(train_list).resolve()), "val_list": str(Path(val_list).resolve()) if val_list else None,
+             "held_out_lists": [str(f.resolve()) for f in held_out]}
+    return train(root, out_dir, cfg, quiet, dataset=dataset, split=(train_records, val_records), overwrite=overwrite,
+                 origin=replace(origin, facts={**origin.facts, **lists}))
+
+
+@dataclass
+class PostPredictions:
+    """What `predict_posts` wrote: (id, tag, modalities) rows, the posts skipped, the columns it did not read."""
+
+    rows: list[tuple[str, str, str]]
+    skipped: list[Problem]
+    ignored: list[str]
+    skipped_file: Path | None = None
+
+
+def run_modalities(run: LoadedRun) -> frozenset[str]:
+    return frozenset(run.classifier.encoder_modalities.values())
+
+
+def modality_features(run: LoadedRun, records: list[Record], present: frozenset[str], quiet: bool) -> dict[str, np.ndarray]:
+    """{encoder: features} of posts that have only the modalities `present`: the encoders of a missing modality
+    do not run; zeros stand in for their features, which predict_features blanks."""
+    encoders = {n: e for n, e in run.encoders.items() if e.modality in present}
+    tokens = [n for n in run.classifier.token_encoders if n in encoders]
+    feats, _ = extract_features(encoders, records, run.cfg, quiet, token_encoders=tokens)
+    for name in run.encoders.keys() - encoders.keys():
+        if name in run.classifier.token_encoders:
+            feats[name] = np.zeros((len(records), 1, token_dim(run.encoders[name])), np.float32)  # (N, 1, D_tok)
+            feats[f"{name}.mask"] = np.ones((len(records), 1), bool)
+        else:
+            feats[name] = np.zeros((len(records), run.classifier.encoder_dims[name]), np.float32)  # (N, D)
+    return feats
+
+
+def posts_proba(run: LoadedRun, records: list[Record], modalities: list[frozenset[str]], quiet: bool = False) -> np.ndarray:
+    """Probabilities (N, C) of posts with one or both modalities; a missing modality is blanked (set to its
+    training mean), as `mmsent ablate` blanks one. Posts with both are predicted exactly as predict_proba does."""
+    probs = np.zeros((len(records), len(LABELS)), np.float32)
+    needed = run_modalities(run)
+    for present in sorted(set(modalities), key=modality_name):
+        idx = np.array([i for i, m in enumerate(modalities) if m == present])
+        feats = modality_features(run, [records[i] for i in idx], present & needed, quiet)
+        probs[idx] = run.predict_features(feats, drop=needed - present)
+    return probs
+
+
+def unreadable_posts(runs: list[LoadedRun], posts: Posts) -> list[Problem]:
+    """A problem per post that has none of the modalities some run reads (a text-only post for an image-only run)."""
+    problems = []
+    for run in runs:
+        needed = run_modalities(run)
+        for record, present in zip(posts.records, posts.modalities, strict=True):
+            if not present & needed:
+                problems.append(Problem(record.guid, str(run.run_dir), f"the run reads only {modality_name(needed)}; "
+                                        f"this post has only {modality_name(present)}"))
+    return problems
+
+
+def predict_posts(
+    run_dir: Path | Sequence[Path], source: Path, out_file: Path, quiet: bool = False, on_error: str = "fail"
+) -> PostPredictions:
+    """Write `id,tag,modalities` for every post of a CSV / JSONL file or a folder (see data.posts), atomically."""
+    out_file = check_output_file(Path(out_file), "the predictions")  # before any work
+    runs = load_runs(run_dir)
+    posts = read_posts(Path(source), runs[0].cfg.data.max_image_pixels)
+    unreadable = unreadable_posts(runs, posts)
+    problems = posts.problems + unreadable
+    raise_on_problems(problems, on_error)
+    skip = {p.guid for p in unreadable}
+    kept = [i for i, r in enumerate(posts.records) if r.guid not in skip]
+    records, modalities = [posts.records[i] for i in kept], [posts.modalities[i] for i in kept]
+    if len(runs) == 1:
+        probs = posts_proba(runs[0], records, modalities, quiet)
+    else:
+        probs = np.mean([posts_proba(run, records, modalities, quiet) for run in runs], axis=0)
+    rows = [(r.guid, LABELS[int(p.argmax())], modality_name(m)) for r, p, m in zip(records, probs, modalities, strict=True)]
+    columns = ["id", "tag", "modalities"]
+    atomic_write_text(out_file, csv_text([dict(zip(columns, row)) for row in rows], columns))
+    skipped_file = out_file.with_suffix(".skipped.json") if problems else None
+    if skipped_file is not None:
+        skipped = [{"id": p.guid, "path": p.path, "reason": p.reason} for p in problems]
+        atomic_write_text(skipped_file, json.dumps(skipped, indent=2))
+    return PostPredictions(rows, problems, posts.ignored, skipped_file)
+
+
 __all__ = [
     "LoadedRun", "RunOrigin", "RunSummary", "Shard", "TrainResult", "ensemble_proba", "evaluate", "load_run", "load_runs",
-    "merge_predictions", "predict", "run", "train", "TEST_LIST",
+    "merge_predictions", "predict", "predict_posts", "run", "train", "train_on_lists", "TEST_LIST",
 ]

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; writes a run folder")
     p.add_argument("--data", type=Path, required=True, help="data set folder")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    _add_list_args(p)
     _add_config_args(p)
     _add_overwrite(p)
     _add_common(p)
@@ -106,13 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--split", choices=["val"], help="the run's own validation split (posts it never trained on)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
     _add_backend(p)
+    p.add_argument("--metrics", choices=["all", "literature"], default="all",
+                   help="literature: the papers' accuracy and weighted F1 first (the same metrics otherwise)")
     _add_common(p)
 
-    p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list")
+    p = sub.add_parser("predict", help="write 'guid,tag' predictions for a guid list, or 'id,tag,modalities' for posts")
     p.add_argument("--run", type=Path, required=True, action="append",
                    help="run folder; repeat it to predict with the ensemble (mean class probabilities)")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--guids", type=Path, required=True, help="'guid,tag' file; its tags are ignored")
+    p.add_argument("--data", type=Path, help="data set folder (with --guids)")
+    p.add_argument("--guids", type=Path, help="'guid,tag' file; its tags are ignored")
+    p.add_argument("--input", type=Path, help="instead of --data/--guids: your own posts, a .csv or .jsonl file "
+                   "(id, text or text_path, image_path) or a folder of NAME.jpg with optional NAME.txt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--proba", action="store_true", help="add one probability column per class (p_negative, ...)")
     p.add_argument("--on-error", choices=["fail", "skip"], default="fail")
@@ -139,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = data_sub.add_parser("check", help="report counts, encodings, duplicates, image sizes and problems")
     c.add_argument("--data", type=Path, required=True)
     c.add_argument("--out", type=Path, default=Path("data_report.json"), help="JSON report path")
+    _add_format_args(c)
 
     p = sub.add_parser("compare", help="train several presets on one split and tabulate them")
     p.add_argument("--data", type=Path, required=True)
@@ -175,7 +181,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_badcase_parsers(sub)
     _add_experiment_parsers(sub)
+    _add_split_parser(sub)
     return parser
+
+
+def _add_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-list", type=Path, help="train on the posts of this 'guid,tag' list (e.g. of `mmsent split`)")
+    p.add_argument("--val-list", type=Path,
+                   help="with --train-list: measure the run on this list (default: a split of the training list)")
+    p.add_argument("--test-list", type=Path, action="append", default=[],
+                   help="with --train-list: a list never to train on (repeatable; the test list of the split folder "
+                        "of --train-list and the data folder's test_without_label.txt are held out anyway)")
+
+
+def _add_format_args(p: argparse.ArgumentParser) -> None:
+    from mmsent.data.releases import FORMATS, MERGE_RULES
+
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="course (train.txt), an official release (labelResultAll.txt), or auto: detect it")
+    p.add_argument("--merge", choices=list(MERGE_RULES), default="standard",
+                   help="how a release's text and image labels make one tag (default: standard, the literature's)")
+
+
+def _add_split_parser(sub) -> None:
+    p = sub.add_parser("split", help="write train / validation / test lists: the literature's protocol (8:1:1)")
+    p.add_argument("--data", type=Path, required=True, help="data set folder or official MVSA release")
+    p.add_argument("--out", type=Path, required=True, help="folder for train.txt, val.txt, test.txt and the manifest")
+    _add_format_args(p)
+    p.add_argument("--ratios", default="8,1,1", help="train,validation,test proportions within each class (default 8,1,1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    for part, name in (("train", "training"), ("val", "validation"), ("test", "test")):
+        p.add_argument(f"--{part}-ids", type=Path, help=f"a published split: the {name} ids, one a line (with the others)")
+    p.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="on posts whose files are bad")
+    _add_overwrite(p, "split folder")
 
 
 def _add_badcase_parsers(sub) -> None:
@@ -297,6 +335,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmsent.api import train
     from mmsent.engine.metrics import summary_line
 
+    if args.train_list or args.val_list or args.test_list:
+        return cmd_train_on_lists(args)
     result = train(args.data, args.out, _config(args), quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
     if result.run_dir is not None:  # the main process (the others of a launch trained with it)
         print(f"validation: {summary_line(result.metrics)}")
@@ -312,6 +352,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                        backend=args.backend)
     if len(args.run) > 1:
         metrics["ensemble_of"] = [str(r) for r in args.run]
+    if args.metrics == "literature":
+        from mmsent.engine.metrics import literature_first
+
+        metrics = literature_first(metrics)
     print(json.dumps(metrics, indent=2))
     if warning := overlap_warning(metrics["in_training"], args.run):
         print(f"mmsent: warning: {warning}", file=sys.stderr)
@@ -322,6 +366,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mmsent.api import Shard, predict
     from mmsent.distributed import is_main_process
 
+    if args.input is not None or not (args.data and args.guids):
+        return cmd_predict_posts(args)
     shard = Shard.parse(args.shard) if args.shard else None
     rows = predict(args.run, args.data, args.guids, args.out, quiet=args.quiet, on_error=args.on_error, shard=shard,
                    proba=args.proba, backend=args.backend)
@@ -364,7 +410,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from mmsent.files import atomic_write_text, check_output_file
 
     out = check_output_file(args.out, "the data report")  # before the data set is read
-    report = check_dataset(args.data)
+    report = check_dataset(args.data, data_format=args.format, merge=args.merge)
     atomic_write_text(out, json.dumps(report, indent=2))
     print(format_report(report))
     print(f"JSON report: {out}")
@@ -565,6 +611,60 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_on_lists(args: argparse.Namespace) -> int:
+    from mmsent.api import train_on_lists
+    from mmsent.engine.metrics import summary_line
+
+    if not args.train_list:
+        raise MmsentError("--val-list and --test-list go with --train-list: give the list to train on")
+    result = train_on_lists(args.data, args.out, _config(args), args.train_list, args.val_list, args.test_list,
+                            quiet=args.quiet, overwrite=args.overwrite, origin=_origin(args))
+    print(f"validation: {summary_line(result.metrics)}")
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_predict_posts(args: argparse.Namespace) -> int:
+    from mmsent.api import predict_posts
+
+    if args.input is None or args.data or args.guids:
+        raise MmsentError("predict takes --data and --guids (posts of a data set), or --input (your own posts), "
+                          "not both")
+    result = predict_posts(args.run, args.input, args.out, quiet=args.quiet, on_error=args.on_error)
+    one = [modalities for _, _, modalities in result.rows if "+" not in modalities]
+    only = f" ({len(one)} from one modality only: see the column modalities)" if one else ""
+    print(f"wrote {len(result.rows)} predictions to {args.out}{only}")
+    if result.ignored:
+        print(f"not read (mmsent reads id, text, text_path, image_path): {', '.join(result.ignored)}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} post(s), listed in {result.skipped_file}")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from mmsent.data.split_lists import PARTS, parse_ratios
+    from mmsent.experiments.protocol import make_split
+
+    ids = {part: getattr(args, f"{part}_ids") for part in PARTS}
+    if any(ids.values()) and not all(ids.values()):
+        raise MmsentError("a published split takes all three of --train-ids, --val-ids and --test-ids")
+    result = make_split(args.data, args.out, args.format, args.merge, parse_ratios(args.ratios), args.seed,
+                        ids if all(ids.values()) else None, args.on_error, command=command_line(args.argv),
+                        overwrite=args.overwrite)
+    if result.release:
+        from mmsent.data.check import release_lines
+
+        print("\n".join(release_lines(result.release)))
+    for part in PARTS:
+        counts = result.counts[part]
+        print(f"{part}: {counts['total']} ({', '.join(f'{k} {v}' for k, v in counts.items() if k != 'total')})")
+    print(f"duplicate groups across parts: {result.groups_across}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} post(s): listed in the manifest")
+    print(f"split folder: {result.out_dir} (train.txt, val.txt, test.txt and the manifest) in {result.seconds:.1f} s")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -585,6 +685,7 @@ COMMANDS = {
     "seeds": cmd_seeds,
     "robustness": cmd_robustness,
     "ablate": cmd_ablate,
+    "split": cmd_split,
 }
 
 

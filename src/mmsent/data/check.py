@@ -13,6 +13,7 @@ from mmsent.data.duplicates import group_ids, normalised_text
 from mmsent.data.images import ImageReadError, verify_image
 from mmsent.data.labels import read_label_file
 from mmsent.data.records import TEST_LIST, TRAIN_LIST, require_data_dir
+from mmsent.data.releases import labelled_posts, resolve_format
 from mmsent.data.splits import stratified_split
 from mmsent.data.text import decode_text
 from mmsent.errors import MmsentError
@@ -76,15 +77,20 @@ def _validation_split_report(
     return {**report, "n_train": len(train_idx), "n_val": len(val_idx), "groups_crossing_train_validation": len(crossing)}
 
 
-def check_dataset(root: Path, max_pixels: int = 89_478_485, val_fraction: float = 0.1, split_seed: int = 42) -> dict:
+def check_dataset(
+    root: Path, max_pixels: int = 89_478_485, val_fraction: float = 0.1, split_seed: int = 42,
+    data_format: str = "auto", merge: str = "standard",
+) -> dict:
     """Inspect a data folder without failing: every problem is listed in the report.
 
     val_fraction and split_seed give the validation split that training would make (data.*), whose
-    duplicate groups are checked to stay on one side.
+    duplicate groups are checked to stay on one side. An official release (data_format) is read through
+    the merge rule: its merged labels take the place of train.txt, and the report counts what it kept and dropped.
     """
     root = require_data_dir(Path(root))
-    train, train_problems = read_label_file(root / TRAIN_LIST, labelled=True)
-    test, test_problems = read_label_file(root / TEST_LIST, labelled=False)
+    data_format = resolve_format(root, data_format)
+    train, train_problems, release = labelled_posts(root, data_format, merge)
+    test, test_problems = read_label_file(root / TEST_LIST, labelled=False) if release is None else ([], [])
     problems = [p.line() for p in train_problems + test_problems]
     split_of = {e.guid: "test" for e in test}
     split_of.update({e.guid: "train" for e in train})
@@ -117,12 +123,15 @@ def check_dataset(root: Path, max_pixels: int = 89_478_485, val_fraction: float 
         except ImageReadError as exc:
             problems.append(f"guid {guid}: {image_path}: {exc}")
 
-    listed = set(split_of)
+    # a post the merge dropped is still listed in the release: its files are not redundant
+    listed = set(split_of) | ({guid for guid, _ in release.merge.dropped} if release else set())
     on_disk = {p.stem for p in (root / "data").iterdir() if p.suffix in (".txt", ".jpg")}
     redundant = sorted(on_disk - listed, key=lambda g: (len(g), g))
     counts = Counter(e.tag for e in train)
     return {
         "data_dir": str(root),
+        "format": data_format,
+        **({"release": release.summary()} if release else {}),
         "counts": {
             "train": {lab: counts.get(lab, 0) for lab in LABELS} | {"total": len(train)},
             "test": {"total": len(test)},
@@ -146,7 +155,11 @@ def format_report(report: dict) -> str:
     c = report["counts"]
     lines = [f"data set: {report['data_dir']}"]
     train_counts = ", ".join(f"{lab} {c['train'][lab]}" for lab in LABELS)
-    lines.append(f"train.txt: {c['train']['total']} guids ({train_counts}); test list: {c['test']['total']} guids")
+    if "release" in report:
+        lines += release_lines(report["release"])
+        lines.append(f"labelled posts (merged): {c['train']['total']} ({train_counts})")
+    else:
+        lines.append(f"train.txt: {c['train']['total']} guids ({train_counts}); test list: {c['test']['total']} guids")
     lines.append(f"text files decoded with the GB18030 fallback: {report['gb18030_fallback']['count']}")
     r = report["redundant_files"]
     lines.append(f"redundant files (guids in neither list, ignored): {r['files']} files of {r['guids']} guids")
@@ -177,3 +190,17 @@ def format_report(report: dict) -> str:
     if len(report["problems"]) > 50:
         lines.append(f"  ... and {len(report['problems']) - 50} more (see the JSON report)")
     return "\n".join(lines)
+
+
+def release_lines(release: dict) -> list[str]:
+    """What the merge of an official release kept and dropped, and why."""
+    lines = [
+        f"release: {release['format']} ({release['label_file']}, {release['annotators_per_post']} annotator(s) per post): "
+        f"{release['posts']} posts; merge rule {release['rule']!r}: {release['rule_text']}",
+        f"  kept {release['kept']} ({', '.join(f'{t} {n}' for t, n in release['kept_by_tag'].items())}), "
+        f"dropped {release['dropped']}",
+    ]
+    if release["annotators_per_post"] > 1:
+        lines.insert(1, f"  per modality: {release['annotators']}")
+    lines += [f"  dropped: {n} {reason}" for reason, n in release["dropped_by_reason"].items()]
+    return lines

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmsent import LABELS
+from mmsent.data.text import decode_text
 from mmsent.errors import Problem
 from mmsent.files import atomic_write_text
 
@@ -22,15 +23,32 @@ class LabelEntry:
     tag: str | None  # None for an unlabelled entry (tag "null" or ignored)
 
 
+def read_list_bytes(path: Path, what: str = "label file") -> tuple[bytes, list[Problem]]:
+    """The bytes of a list file, or the problem (of the whole file) that it is missing or cannot be read."""
+    try:
+        return Path(path).read_bytes(), []
+    except FileNotFoundError:
+        return b"", [Problem(None, str(path), f"{what} is missing")]
+    except OSError as exc:
+        return b"", [Problem(None, str(path), f"{what} cannot be read ({exc.strerror})")]
+
+
+def read_list_text(path: Path, what: str = "label file") -> tuple[str, list[Problem]]:
+    """The text of a list file, decoded as UTF-8 or else GB18030 (as the posts' texts), or its problem."""
+    raw, problems = read_list_bytes(path, what)
+    if problems:
+        return "", problems
+    try:
+        return decode_text(raw)[0], []
+    except UnicodeDecodeError:
+        return "", [Problem(None, str(path), f"{what} is neither UTF-8 nor GB18030")]
+
+
 def read_label_file(path: Path, labelled: bool) -> tuple[list[LabelEntry], list[Problem]]:
     """Parse a `guid,tag` list; with labelled=False the tags are ignored."""
-    problems: list[Problem] = []
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return [], [Problem(None, str(path), "label file is missing")]
-    except OSError as exc:
-        return [], [Problem(None, str(path), f"label file cannot be read ({exc.strerror})")]
+    raw, problems = read_list_bytes(path)
+    if problems:
+        return [], problems
     text = raw.decode("utf-8-sig", errors="replace")
     rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
     if not rows:

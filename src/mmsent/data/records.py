@@ -44,6 +44,7 @@ class DataSet:
     train: list[Record]
     test: list[Record]
     skipped: list[Problem] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)  # more guids never to train on (a split's test list)
 
     def skipped_rows(self) -> list[dict]:
         """What was left out and why, one row per problem (a run's skipped.json)."""
@@ -64,25 +65,36 @@ def image_file(root: Path, guid: str) -> Path:
 
 def load_record(root: Path, entry: LabelEntry, max_pixels: int) -> tuple[Record | None, list[Problem]]:
     """Read one guid's text and check its image; return the record or the problems found."""
-    problems: list[Problem] = []
     text_path = root / "data" / f"{entry.guid}.txt"
     image_path = image_file(root, entry.guid)
-    text, fallback = "", False
-    try:
-        text, fallback = decode_text(text_path.read_bytes())
-    except FileNotFoundError:
-        problems.append(Problem(entry.guid, str(text_path), "text file is missing"))
-    except UnicodeDecodeError:
-        problems.append(Problem(entry.guid, str(text_path), "text is neither UTF-8 nor GB18030"))
-    except OSError as exc:
-        problems.append(Problem(entry.guid, str(text_path), f"text file cannot be read ({exc.strerror})"))
-    try:
-        verify_image(image_path, max_pixels)
-    except ImageReadError as exc:
-        problems.append(Problem(entry.guid, str(image_path), str(exc)))
+    text, fallback, problems = read_text_file(entry.guid, text_path)
+    problems += check_image_file(entry.guid, image_path, max_pixels)
     if problems:
         return None, problems
     return Record(entry.guid, entry.tag, text, image_path, fallback), []
+
+
+def read_text_file(guid: str, path: Path) -> tuple[str, bool, list[Problem]]:
+    """(text, used the GB18030 fallback, problems) of a post's text file; text is "" when it has problems."""
+    try:
+        text, fallback = decode_text(path.read_bytes())
+        return text, fallback, []
+    except FileNotFoundError:
+        reason = "text file is missing"
+    except UnicodeDecodeError:
+        reason = "text is neither UTF-8 nor GB18030"
+    except OSError as exc:
+        reason = f"text file cannot be read ({exc.strerror})"
+    return "", False, [Problem(guid, str(path), reason)]
+
+
+def check_image_file(guid: str, path: Path, max_pixels: int) -> list[Problem]:
+    """The problem of a post's image file (missing, unreadable, too large), if any."""
+    try:
+        verify_image(path, max_pixels)
+    except ImageReadError as exc:
+        return [Problem(guid, str(path), str(exc))]
+    return []
 
 
 def load_records(
@@ -96,7 +108,14 @@ def load_records(
         entries = shard.select(entries)
         mine = {e.guid for e in entries}
         problems = [p for p in problems if p.guid is None or p.guid in mine]
+    records, found = load_entries(root, entries, max_pixels)
+    return records, problems + found
+
+
+def load_entries(root: Path, entries: list[LabelEntry], max_pixels: int = 89_478_485) -> tuple[list[Record], list[Problem]]:
+    """The records of entries in their order, and every problem of their files."""
     records: list[Record] = []
+    problems: list[Problem] = []
     for entry in entries:
         record, found = load_record(root, entry, max_pixels)
         problems += found
@@ -118,6 +137,10 @@ def raise_on_problems(problems: list[Problem], on_error: str) -> None:
 def load_dataset(root: Path, on_error: str = "fail", max_pixels: int = 89_478_485) -> DataSet:
     """Load train.txt and test_without_label.txt of a data folder, checking every guid."""
     root = require_data_dir(Path(root))
+    from mmsent.data.releases import release_hint  # a local import: releases reads this module's list names
+
+    if (hint := release_hint(root)) is not None:
+        raise MmsentError(hint)
     train, train_problems = load_records(root, root / TRAIN_LIST, labelled=True, max_pixels=max_pixels)
     test, test_problems = load_records(root, root / TEST_LIST, labelled=False, max_pixels=max_pixels)
     problems = train_problems + test_problems

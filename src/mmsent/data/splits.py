@@ -81,3 +81,31 @@ def _stratified_folds(
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     pairs = folds.split(np.zeros(len(tags)), list(tags), _groups(len(tags), groups))
     return [(np.sort(a), np.sort(b)) for a, b in pairs]
+
+
+def ratio_split(
+    tags: Sequence[str], ratios: Sequence[float], seed: int, groups: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, validation, test) in the proportions ratios (8:1:1, say) within each class; every group on
+    one side; seeded.
+
+    The test part is cut first (its fraction of every class), then the validation part from the rest, each
+    by stratified_split; so a post's side depends only on the tags, the groups, the ratios and the seed.
+    """
+    ratios = [float(r) for r in ratios]
+    if len(ratios) != 3 or not all(np.isfinite(r) and r > 0 for r in ratios):
+        raise MmsentError(f"ratios must be three positive numbers (train, validation, test) such as 8,1,1, not {ratios}")
+    tags = list(tags)
+    groups = _groups(len(tags), groups)
+    rest_seed, val_seed = np.random.default_rng(seed).integers(2**31, size=2)
+    try:
+        rest, test = stratified_split(tags, ratios[2] / sum(ratios), int(rest_seed), groups)
+        train, val = stratified_split([tags[i] for i in rest], ratios[1] / (ratios[0] + ratios[1]), int(val_seed),
+                                      groups[rest])
+    except MmsentError:
+        counts = ", ".join(f"{t} {n}" for t, n in sorted(Counter(tags).items()))
+        raise MmsentError(
+            f"cannot split {len(tags)} labelled posts ({counts}) by the ratios {':'.join(f'{r:g}' for r in ratios)}: "
+            "every class needs at least one post in each part. Give more labelled posts or other ratios."
+        ) from None
+    return rest[train], rest[val], test

@@ -108,3 +108,13 @@ def reliability(y: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
                      "confidence": float(confidence[mask].mean()) if mask.any() else None,
                      "accuracy": float(correct[mask].mean()) if mask.any() else None})
     return rows
+
+
+# what papers on MVSA report, in their order: accuracy and the support-weighted F1
+LITERATURE_METRICS = ["accuracy", "weighted_f1"]
+
+
+def literature_first(metrics: dict) -> dict:
+    """The same metrics with the literature's (accuracy, weighted F1) first, then n and macro-F1, then the rest."""
+    first = LITERATURE_METRICS + ["n", "macro_f1"]
+    return {**{k: metrics[k] for k in first if k in metrics}, **{k: v for k, v in metrics.items() if k not in first}}
