@@ -11,7 +11,7 @@ MEASURED = re.compile(r"(?<![\w.])\d+\.\d{4}(?![\w.])")
 COMMAND = re.compile(r"`(?:mmsent|make|python|PYTHONPATH=\S+ python)\b[^`]*`")
 # paragraphs whose numbers another change regenerates with their commands (issue 10); each must still be
 # in the README, so that the entry is removed with the paragraph
-PENDING = ("Selecting the grid's best on the same 360 posts flatters it.",)
+PENDING: tuple[str, ...] = ()
 
 
 def blocks(text: str) -> list[str]:

@@ -594,14 +594,14 @@ def test_health_and_model_answer_while_a_batch_runs(client: TestClient, monkeypa
 
     run = client.app.state.predictor.run
     started, release = threading.Event(), threading.Event()
-    real = run.predict_proba
+    real = run.features  # the model call of a batch: its encoders
 
     def held(*args, **kwargs):
         started.set()
         release.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run, "predict_proba", held)
+    monkeypatch.setattr(run, "features", held)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(post, client, jpeg(), "so happy")
         assert started.wait(60)
