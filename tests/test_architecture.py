@@ -32,6 +32,9 @@ RUN_FILES = [run_folder.CONFIG_FILE, run_folder.WEIGHTS_FILE, run_folder.SPEC_FI
 OTHER_FILES = {
     ("encoders/minilm.py", "model.safetensors"): "the Hugging Face model's own weights",
     ("data/shards.py", ".skipped.json"): "the companion of a prediction file written by `mmsent predict`",
+    ("data/split_lists.py", "val.txt"): "the validation list of a split folder (`mmsent split`)",
+    ("data/releases.py", "val.txt"): "the validation list of a split folder (`mmsent split`)",
+    ("cli.py", "val.txt"): "the validation list of a split folder (`mmsent split`)",
 }
 
 
