@@ -136,7 +136,8 @@ def wilson(errors: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = errors / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval always holds p; at p = 0 or 1 rounding would put the bound a hair past it
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def token_bucket(row: dict) -> str:

@@ -13,8 +13,9 @@ def plot_error_rates(rows: list[dict], title: str, path: Path, overall: float | 
     """Horizontal bars of error_rate per bucket (first bucket on top), Wilson 95% whiskers, rate and n beside each."""
     labels = [str(r["bucket"]) for r in rows]
     rates = [r["error_rate"] for r in rows]
-    lower = [r["error_rate"] - r["ci_low"] for r in rows]
-    upper = [r["ci_high"] - r["error_rate"] for r in rows]
+    # clipped at 0: at a rate of 0 or 1 the Wilson bound equals the rate up to rounding, which matplotlib refuses
+    lower = [max(0.0, r["error_rate"] - r["ci_low"]) for r in rows]
+    upper = [max(0.0, r["ci_high"] - r["error_rate"]) for r in rows]
     fig, ax = plt.subplots(figsize=FIGSIZE)
     y = list(range(len(rows)))[::-1]
     ax.barh(y, rates, xerr=[lower, upper], capsize=3, color="tab:red", alpha=0.7, height=0.6)
