@@ -168,3 +168,34 @@ def test_a_missing_case_image_says_so_and_relative_paths_resolve_from_the_data_f
     assert "<img" in cards[0] and "<img" in cards[2]  # found by its guid in the data folder; relative to it
     assert "<img" not in cards[1] and "image not found" in cards[1] and str(data / "data" / "999.jpg") in cards[1]
     assert "image not found" in out.with_suffix(".md").read_text(encoding="utf-8")
+
+
+def test_figure_titles_fit_their_figure_however_narrow(tmp_path: Path, monkeypatch):
+    """A one-panel cv figure, one perturbation, a long bad-case title: every title is wrapped inside the canvas."""
+    from matplotlib.figure import Figure
+
+    from mmsent.reporting.error_plots import plot_error_rates
+    from mmsent.reporting.experiment_plots import plot_cv, plot_robustness
+
+    too_wide: list[str] = []
+    save = Figure.savefig
+
+    def checking_savefig(fig, *args, **kwargs):
+        renderer = fig.canvas.get_renderer()
+        titles = [ax.title for ax in fig.axes] + [t for t in [getattr(fig, "_suptitle", None)] if t is not None]
+        for title in titles:
+            box = title.get_window_extent(renderer)
+            if title.get_text() and (box.x0 < 0 or box.x1 > fig.bbox.width):
+                too_wide.append(title.get_text())
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", checking_savefig)
+    plot_cv([{"candidate": "a", "macro_f1": 0.5}, {"candidate": "a", "macro_f1": 0.6}], [], ["macro_f1"],
+            tmp_path / "cv.png")
+    plot_robustness([{"perturbation": "clean", "level": 0, "macro_f1": 0.6, "modality": "-"},
+                     {"perturbation": "gaussian_blur_of_the_whole_image", "level": 1, "macro_f1": 0.5,
+                      "modality": "image"}], "macro_f1", tmp_path / "robustness.png", clean_se=0.01)
+    plot_error_rates([{"bucket": "short", "error_rate": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n": 40}],
+                     "error rate by the number of hashtags and mentions in the text of the post", tmp_path / "e.png")
+    assert too_wide == []
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("cv.png", "robustness.png", "e.png"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -15,10 +16,36 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _wrap_to_width(text_artist, width_px: float, renderer) -> None:
+    """Break a title over lines until it is no wider than width_px (a long title in a narrow figure)."""
+    text = text_artist.get_text()
+    if not text or text_artist.get_window_extent(renderer).width <= width_px:
+        return
+    chars = len(text)
+    while chars > 8 and text_artist.get_window_extent(renderer).width > width_px:
+        chars = int(chars * 0.85)
+        text_artist.set_text("\n".join(textwrap.wrap(text, chars)))
+
+
+def _fit_titles(fig) -> None:
+    """Wrap the figure's and each panel's title to its width, so that tight_layout has nothing to clip."""
+    renderer = fig.canvas.get_renderer()
+    suptitle = getattr(fig, "_suptitle", None)
+    if suptitle is not None:
+        _wrap_to_width(suptitle, 0.96 * fig.bbox.width, renderer)
+    for ax in fig.axes:
+        if ax.axison:
+            _wrap_to_width(ax.title, 1.1 * ax.get_window_extent(renderer).width, renderer)
+
+
+def _save(fig, path: Path | BinaryIO) -> Path | BinaryIO:
+    """Write the figure as PNG to a path (folders made) or a binary file, titles fitted, then close it."""
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _fit_titles(fig)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # a tight bounding box: whatever still reaches past the canvas (a long legend, a label) widens it instead
+    fig.savefig(path, dpi=110, format="png", bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
     return path
 
@@ -152,12 +179,7 @@ def plot_class_counts(counts: dict[str, int], out: Path | BinaryIO) -> None:
     ax.bar_label(bars)
     ax.set(ylabel="posts", title="Labelled posts per class")
     ax.margins(y=0.15)
-    if isinstance(out, Path):
-        _save(fig, out)
-        return
-    fig.tight_layout()
-    fig.savefig(out, dpi=110, format="png")
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_reliability(rows: list[dict], ece: float, path: Path) -> Path:
