@@ -68,6 +68,23 @@ def test_predict_needs_only_the_data_folder_and_the_list(trained_run, tmp_path: 
     assert len(out.read_text().splitlines()) == 3
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_bad_list_is_reported_before_the_model_loads(trained_run, tmp_path: Path, capsys, monkeypatch, command):
+    data, run = trained_run
+    listing = tmp_path / "l.txt"
+    listing.write_text("guid,null\n140,null\n")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the list was checked")
+
+    monkeypatch.setattr("mmsent.api.load_runs", no_loading)
+    option = "--guids" if command == "predict" else "--labels"
+    extra = ["--out", str(tmp_path / "p.txt")] if command == "predict" else []
+    assert main([command, "--run", str(run), "--data", str(data), option, str(listing), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "first line must be the header 'guid,tag'" in err and str(listing) in err and "Traceback" not in err
+
+
 def test_evaluate_prints_metrics_json(trained_run, capsys):
     data, run = trained_run
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--labels", str(data / "train.txt"), "--quiet"]) == 0

@@ -585,12 +585,21 @@ def _load_list(
     return records, problems
 
 
-def load_runs(run_dirs: Path | Sequence[Path], backend: str | None = None) -> list[LoadedRun]:
-    """One run folder, or several for an ensemble."""
+def _run_dirs(run_dirs: Path | Sequence[Path]) -> list[Path]:
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     if not dirs:
         raise MmsentError("no run folder given")
-    return [load_run(d, backend=backend) for d in dirs]
+    return [Path(d) for d in dirs]
+
+
+def load_runs(run_dirs: Path | Sequence[Path], backend: str | None = None) -> list[LoadedRun]:
+    """One run folder, or several for an ensemble."""
+    return [load_run(d, backend=backend) for d in _run_dirs(run_dirs)]
+
+
+def first_run_config(run_dirs: Path | Sequence[Path]) -> Config:
+    """The config of the (first) run, read without building its model: input files are checked before loading."""
+    return RunFolder.open(_run_dirs(run_dirs)[0]).config()
 
 
 def ensemble_proba(runs: list[LoadedRun], records: list[Record], quiet: bool = False) -> np.ndarray:
@@ -609,18 +618,20 @@ def evaluate(
     data_dir None: the data folder the (first) run recorded. The metrics say how many of the labelled
     guids the runs trained on (`in_training`): those scores are not held out. backend: see load_run.
     """
-    runs = load_runs(run_dir, backend)
-    run_dirs = [r.run_dir for r in runs]
+    run_dirs = _run_dirs(run_dir)
+    max_pixels = first_run_config(run_dirs).data.max_image_pixels
     data_dir = data_dir if data_dir is not None else heldout.recorded_data_dir(run_dirs[0])
+    # the labelled posts first: a mistake in them is reported before the encoders load
     if split is not None:
         guids = heldout.split_guids(run_dirs[0], split)
-        records, problems = records_for_guids(data_dir, guids, runs[0].cfg.data.max_image_pixels), []
+        records, problems = records_for_guids(data_dir, guids, max_pixels), []
     elif labels_file is not None:
-        records, problems = _load_list(data_dir, labels_file, True, on_error, runs[0].cfg.data.max_image_pixels)
+        records, problems = _load_list(data_dir, labels_file, True, on_error, max_pixels)
     else:
         raise MmsentError("give a label file (--labels FILE) or one of the run's splits (--split val)")
     if not records:
         raise MmsentError(f"{labels_file}: no labelled guid to evaluate")
+    runs = load_runs(run_dirs, backend)
     probs = ensemble_proba(runs, records, quiet)
     metrics = compute_metrics(encode_labels(records), probs)
     metrics["in_training"] = {"guids": len(heldout.trained_on(run_dirs, [r.guid for r in records])), "of": len(records)}
@@ -641,8 +652,10 @@ def predict(
     """
     out_file = check_output_file(Path(out_file), "the predictions")  # before any work
     quiet = quiet or not distributed.is_main_process()
+    # the list first: a mistake in it is reported in a second, not after the encoders have loaded
+    records, problems = _load_list(data_dir, guids_file, False, on_error,
+                                   first_run_config(run_dir).data.max_image_pixels, shard)
     runs = load_runs(run_dir, backend)
-    records, problems = _load_list(data_dir, guids_file, False, on_error, runs[0].cfg.data.max_image_pixels, shard)
     probs = ensemble_proba(runs, records, quiet)
     rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(records, probs, strict=True)]
     if distributed.is_main_process():
