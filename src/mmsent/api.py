@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from mmsent.data.records import (
     records_for_guids,
     require_data_dir,
 )
-from mmsent.data.shards import Shard, merge_predictions, skipped_companion, write_skipped_companion
+from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
@@ -816,10 +815,7 @@ def predict_posts(
     rows = [(r.guid, LABELS[int(p.argmax())], modality_name(m)) for r, p, m in zip(records, probs, modalities, strict=True)]
     columns = ["id", "tag", "modalities"]
     atomic_write_text(out_file, csv_text([dict(zip(columns, row)) for row in rows], columns))
-    skipped_file = skipped_companion(out_file) if problems else None
-    if skipped_file is not None:
-        skipped = [{"id": p.guid, "path": p.path, "reason": p.reason} for p in problems]
-        atomic_write_text(skipped_file, json.dumps(skipped, indent=2))
+    skipped_file = write_skipped_companion(out_file, problems, key="id")
     return PostPredictions(rows, problems, posts.ignored, skipped_file)
 
 

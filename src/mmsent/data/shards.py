@@ -49,14 +49,18 @@ def skipped_companion(predictions: Path) -> Path:
     return Path(predictions).with_suffix(".skipped.json")
 
 
-def write_skipped_companion(predictions: Path, problems: list[Problem]) -> None:
-    """List the skipped guids beside a prediction file; with none, remove a list an earlier prediction left there."""
+def write_skipped_companion(predictions: Path, problems: list[Problem], key: str = "guid") -> Path | None:
+    """List the skipped posts beside a prediction file (each under `key`, the file's id column); return its path.
+
+    With none skipped, a list an earlier prediction left there is removed and None returned.
+    """
     companion = skipped_companion(predictions)
     if problems:
-        rows = [{"guid": p.guid, "path": p.path, "reason": p.reason} for p in problems]
+        rows = [{key: p.guid, "path": p.path, "reason": p.reason} for p in problems]
         atomic_write_text(companion, json.dumps(rows, indent=2))
-    else:
-        companion.unlink(missing_ok=True)  # it would excuse guids of this file that are now predicted or missing
+        return companion
+    companion.unlink(missing_ok=True)  # it would excuse guids of this file that are now predicted or missing
+    return None
 
 
 @dataclass
