@@ -52,8 +52,11 @@ def cv_table(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def experiment_table(folder: Path) -> str:
-    """The command and the key columns of any other experiment folder's results.csv."""
+def experiment_table(folder: Path, columns: list[str] | None = None) -> str:
+    """The command and the key columns (or `columns`) of any other experiment folder's results.csv.
+
+    More columns than fit one table give several, the first column in each, as in the report.
+    """
     manifest = json.loads((folder / "experiment.json").read_text(encoding="utf-8"))
     if manifest.get("kind") == "cv":
         return cv_table(folder)
@@ -61,17 +64,24 @@ def experiment_table(folder: Path) -> str:
     rows = read_table(folder / "results.csv")
     first = next(iter(rows[0]))
     present = {c for r in rows for c, v in r.items() if v not in ("", None)}
-    keep = [first, *(c for c in KEY_COLUMNS.get(kind, rows[0]) if c != first and c in present)]
-    table = tables_of([{c: r.get(c, "") for c in keep} for r in rows], "Results", "results.csv", kind)[0]
-    note = f" ({table.total} rows; the first {len(table.rows)} shown)" if table.total > len(table.rows) else ""
-    return f"`{manifest['command']}`{note}\n\n{table.markdown()}"
+    missing = [c for c in columns or [] if c not in rows[0]]
+    if missing:
+        raise SystemExit(f"{folder / 'results.csv'} has no column {', '.join(missing)}")
+    keep = [first, *(c for c in columns or KEY_COLUMNS.get(kind, rows[0]) if c != first and c in present)]
+    tables = tables_of([{c: r.get(c, "") for c in keep} for r in rows], "Results", "results.csv", kind)
+    tables = tables if columns else tables[:1]
+    total, shown = tables[0].total, len(tables[0].rows)
+    note = f" ({total} rows; the first {shown} shown)" if total > shown else ""
+    return f"`{manifest['command']}`{note}\n\n" + "\n".join(t.markdown() for t in tables)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", help="experiment folders (mmsent cv, compare, seeds, ...)")
+    parser.add_argument("--columns", help="comma-separated results.csv columns instead of the key ones (not for cv)")
     args = parser.parse_args()
-    print("\n".join(experiment_table(folder) for folder in args.folders))
+    columns = args.columns.split(",") if args.columns else None
+    print("\n".join(experiment_table(folder, columns) for folder in args.folders))
 
 
 if __name__ == "__main__":

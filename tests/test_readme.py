@@ -23,13 +23,21 @@ def blocks(text: str) -> list[str]:
     return parts
 
 
+def _introduced_by_command(parts: list[str], i: int) -> bool:
+    """Whether the table parts[i] follows a block with a command, possibly through other tables (a split table)."""
+    j = i - 1
+    while j >= 0 and parts[j].lstrip().startswith("|"):
+        j -= 1
+    return j >= 0 and bool(COMMAND.search(parts[j]))
+
+
 def unsourced(text: str) -> list[str]:
     """Blocks with a measured number and no command in them (a table's command may be in the block before)."""
     found, parts = [], blocks(text)
     for i, block in enumerate(parts):
         if not MEASURED.search(block) or COMMAND.search(block) or block.startswith(PENDING):
             continue
-        if block.lstrip().startswith("|") and i and COMMAND.search(parts[i - 1]):
+        if block.lstrip().startswith("|") and _introduced_by_command(parts, i):
             continue
         found.append(block)
     return found
@@ -47,7 +55,8 @@ def test_pending_paragraphs_are_still_there():
 
 def test_the_check_finds_a_number_without_a_command():
     text = "Intro.\n\nThe model reaches 0.6474 macro-F1.\n\n`mmsent cv --out x` gives 0.6012.\n\n" \
-           "`mmsent compare --out y`:\n\n| a | b |\n|---|---|\n| x | 0.7139 |\n\n| c |\n|---|\n| 0.5000 |\n"
+           "`mmsent compare --out y`:\n\n| a | b |\n|---|---|\n| x | 0.7139 |\n\n| a | c |\n|---|---|\n| x | 0.2 |\n\n" \
+           "Between.\n\n| c |\n|---|\n| 0.5000 |\n"
     assert unsourced(text) == ["The model reaches 0.6474 macro-F1.", "| c |\n|---|\n| 0.5000 |\n"]
 
 
