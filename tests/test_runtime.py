@@ -180,3 +180,60 @@ def test_a_run_trained_with_one_backend_predicts_the_same_tags_with_the_other(tr
     assert (probs["torch"].argmax(1) == probs["onnx"].argmax(1)).all()
     assert np.abs(probs["torch"] - probs["onnx"]).max() < 1e-3
     assert json.loads((run / "model.json").read_text())["encoder_dims"]["minilm"] == 384
+
+
+def test_image_and_text_encoders_overlap_and_give_the_features_of_one_after_the_other(dataset: Path, tmp_path: Path,
+                                                                                      monkeypatch, capsys):
+    """The service's setting (onnx, no loader processes) encodes the image in a second thread: same features."""
+    import threading
+
+    from mmsent import api
+
+    records = load_dataset(dataset).train[:6]
+    encoders = {name: create_encoder(name).eval() for name in ("minilm", "efficientnet_lite0", "vader")}
+    threads_seen: dict[str, str] = {}
+    real = api.encode_records
+
+    def recording(encoder, *args, **kwargs):
+        threads_seen[encoder.name] = threading.current_thread().name
+        return real(encoder, *args, **kwargs)
+
+    monkeypatch.setattr(api, "encode_records", recording)
+    overlapped = backend_config(tmp_path / "a")
+    assert api.overlaps_encoders(overlapped)
+    before = torch.get_num_threads()
+    feats, stats = api.extract_features(encoders, records, overlapped, quiet=True, use_cache=False)
+    assert torch.get_num_threads() == before  # the threads setting is put back
+    assert "runs in torch" not in capsys.readouterr().err  # both exports, made at once in two threads, worked
+    assert threads_seen["efficientnet_lite0"].startswith("mmsent-images")
+    assert threads_seen["minilm"] == threads_seen["vader"] == threading.current_thread().name
+    assert list(feats) == list(encoders) and [s.encoder for s in stats] == list(encoders)
+    sequential = backend_config(tmp_path / "b").with_values({"runtime.num_workers": 1})
+    assert not api.overlaps_encoders(sequential)
+    expected, _ = api.extract_features(encoders, records, sequential, quiet=True, use_cache=False)
+    for name in encoders:
+        assert np.abs(feats[name] - expected[name]).max() <= 1e-6  # both ran in ONNX Runtime (or both in torch)
+
+
+def test_torch_threads_blocks_overlapping_in_two_threads_restore_the_setting():
+    import threading
+
+    from mmsent.encoders.runtime import torch_threads
+
+    before = torch.get_num_threads()
+    inner_open, outer_may_close = threading.Event(), threading.Event()
+
+    def other():
+        with torch_threads(3):
+            inner_open.set()
+            outer_may_close.wait(5)
+
+    with torch_threads(1):
+        thread = threading.Thread(target=other)
+        thread.start()
+        inner_open.wait(5)
+        with torch_threads(2):  # nested in this thread: gives back this block's setting on closing
+            pass
+    outer_may_close.set()  # the other thread's block closes last
+    thread.join()
+    assert torch.get_num_threads() == before

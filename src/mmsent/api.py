@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -98,16 +99,41 @@ def extract_features(
 
     Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (in memory).
     """
-    features, stats = {}, []
     cache_root = cfg.cache_path() if use_cache else None
-    for name, encoder in encoders.items():
+    pooled: dict[str, tuple[np.ndarray, EncodeStats]] = {}
+
+    def encode(names: list[str]) -> None:
+        for name in names:
+            pooled[name] = encode_records(encoders[name], records, cfg, cache_root, quiet=quiet)
+
+    names = [n for n in encoders if n not in token_encoders]
+    images = [n for n in names if encoders[n].modality == "image"]
+    others = [n for n in names if n not in images]
+    if images and others and overlaps_encoders(cfg):
+        # the text encoders' Python (lexicon, VADER, tokenising) runs while ONNX Runtime encodes the images
+        # in this worker thread, which leaves the GIL: otherwise one of two cores idles through either
+        with ThreadPoolExecutor(1, thread_name_prefix="mmsent-images") as pool:
+            image_job = pool.submit(encode, images)
+            encode(others)
+            image_job.result()
+    else:
+        encode(names)
+    features, stats = {}, []
+    for name, encoder in encoders.items():  # in the encoders' order, whichever finished first
         if name in token_encoders:
             features[name], features[f"{name}.mask"] = encode_tokens(encoder, records, cfg, quiet)
             stats.append(EncodeStats(name, len(records), 0, len(records)))
-            continue
-        features[name], stat = encode_records(encoder, records, cfg, cache_root, quiet=quiet)
-        stats.append(stat)
+        else:
+            features[name], stat = pooled[name]
+            stats.append(stat)
     return features, stats
+
+
+def overlaps_encoders(cfg: Config) -> bool:
+    """Whether image and text encoders may encode at once: not in torch (its OpenMP threads spin-wait, so
+    two encoders at once oversubscribe the cores), not under a launcher, and only without image loader
+    processes (forking them from a second thread could copy a lock another thread holds)."""
+    return cfg.runtime.backend != "torch" and cfg.runtime.num_workers == 0 and not distributed.launched()
 
 
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dict[str, np.ndarray]:

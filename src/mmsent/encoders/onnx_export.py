@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,15 @@ def export(encoder: Encoder, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# torch.onnx keeps its state in module globals: two exports at once (image and text encoders encoding in two
+# threads) break each other, so a process exports one encoder at a time
+_EXPORT_LOCK = threading.Lock()
+
+
 def trace_to_onnx(module: torch.nn.Module, named: dict[str, torch.Tensor], target: str) -> None:
     """torch.onnx's TorchScript exporter: it exports every encoder here in 0.3 to 3 s, where the torch.export one
     took 5 to 25 s (and needs onnxscript). A torch without it fails here, and the encoder runs in torch."""
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with _EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings are not the user's concern
         torch.onnx.export(
             module, tuple(named.values()), target, input_names=list(named), output_names=[OUTPUT],

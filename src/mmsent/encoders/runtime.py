@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -65,15 +66,32 @@ def inference_threads(cfg: Config, workers: int) -> int:
     return cfg.runtime.threads or max(1, available_cores() - workers)
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_depth = 0  # blocks of torch_threads open now, in any thread
+_threads_first = 0  # torch's setting when the first of them opened
+
+
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for the block, then as they were."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    """torch's intra-op threads set to `threads` for the block, then as they were.
+
+    The setting is global: when blocks overlap in two threads (image and text encoders encoding at once),
+    the last block to close puts back what the first one found; a block nested in another gives back the
+    outer block's setting.
+    """
+    global _threads_depth, _threads_first
+    with _THREADS_LOCK:
+        if _threads_depth == 0:
+            _threads_first = torch.get_num_threads()
+        _threads_depth += 1
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_depth -= 1
+            torch.set_num_threads(_threads_first if _threads_depth == 0 else before)
 
 
 def onnxruntime_installed() -> bool:
