@@ -136,3 +136,19 @@ def test_a_launched_frozen_training_shares_the_encoding_and_trains_as_one_proces
     launched, single = val_probabilities(tmp_path / "two"), val_probabilities(tmp_path / "one")
     assert list(launched) == list(single)
     np.testing.assert_allclose(np.stack(list(launched.values())), np.stack(list(single.values())), atol=1e-6)
+
+
+def test_a_launched_command_leaves_its_process_group_when_it_ends(tmp_path: Path, monkeypatch, capsys):
+    """A gloo group left to the interpreter's shutdown now and then aborts the finished process (SIGABRT)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher says it
+    monkeypatch.setenv("RANK", "0")
+    try:
+        assert main(["models"]) == 2  # a user error ends the command in every process: the group is left too
+        assert "runs as one process" in capsys.readouterr().err
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsent import __version__
-from mmsent.distributed import LAUNCHABLE_COMMANDS, require_single_process
+from mmsent.distributed import LAUNCHABLE_COMMANDS, leave_process_group, require_single_process
 from mmsent.errors import FollowerError, MmsentError
 
 
@@ -693,6 +693,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one clear message and return 2."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    code = _dispatch(args)
+    # after a command that ended (well or with a user error) in every process; a crash skips it, since
+    # destroying a group while another process still waits in a collective can hang that process
+    leave_process_group()
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command's exit code; user errors print one clear message and return 2."""
     try:
         if args.command not in LAUNCHABLE_COMMANDS:
             require_single_process(args.command)

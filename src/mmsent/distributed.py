@@ -91,6 +91,20 @@ def my_share(items: Sequence[T]) -> list[T]:
     return list(items[process_index() :: process_count()])
 
 
+def leave_process_group() -> None:
+    """End this process's membership of the launch's process group, once its command is done.
+
+    Without it gloo's worker threads can outlive the interpreter's shutdown, and a process that finished its
+    work now and then aborts on exit ("terminate called without an active exception", SIGABRT), failing the launch.
+    """
+    if not launched():
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def require_single_process(command: str) -> None:
     """Refuse a command whose processes cannot cooperate when it was started under a launcher."""
     if not launched():
