@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,14 @@ def test_a_launched_command_leaves_its_process_group_when_it_ends(tmp_path: Path
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_a_launched_process_exits_with_its_code_and_its_output_flushed(tmp_path: Path):
+    """A launched process skips the interpreter's teardown (where gloo's threads could abort it): nothing is lost."""
+    env = dict(child_env(tmp_path / "cache"), WORLD_SIZE="2", RANK="0")
+    done = subprocess.run([sys.executable, "-m", "mmsent.cli", "models"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.count("mmsent: error:") == 1 and "runs as one process" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "mmsent.cli", "models"], env=dict(env, WORLD_SIZE="1"),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "default" in done.stdout

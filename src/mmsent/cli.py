@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsent import __version__
-from mmsent.distributed import LAUNCHABLE_COMMANDS, leave_process_group, require_single_process
+from mmsent.distributed import LAUNCHABLE_COMMANDS, exit_process, leave_process_group, require_single_process
 from mmsent.errors import FollowerError, MmsentError
 
 
@@ -723,7 +723,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ torch.distributed. Under a launcher every process runs the same command; the lau
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import sys
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from mmsent.errors import FollowerError, MmsentError
 
@@ -92,17 +95,32 @@ def my_share(items: Sequence[T]) -> list[T]:
 
 
 def leave_process_group() -> None:
-    """End this process's membership of the launch's process group, once its command is done.
-
-    Without it gloo's worker threads can outlive the interpreter's shutdown, and a process that finished its
-    work now and then aborts on exit ("terminate called without an active exception", SIGABRT), failing the launch.
-    """
+    """End this process's membership of the launch's process group, once its command is done (torch's documented
+    way to close a group; every process of the launch reaches it)."""
     if not launched():
         return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with `code`; a launched process skips the interpreter's teardown once its output is flushed.
+
+    Objects that outlive the command (a DistributedDataParallel model, Accelerate's state) keep gloo's
+    C++ worker threads alive past destroy_process_group, and the interpreter's teardown destroys them while
+    they still run: now and then a process that finished its work aborted on exit ("terminate called without
+    an active exception", SIGABRT), and the launcher failed the whole job. Every file is written and closed
+    by then, so nothing is lost by not tearing down.
+    """
+    if not launched():
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken pipe has nothing left to flush
+            stream.flush()
+    os._exit(code)
 
 
 def require_single_process(command: str) -> None:
