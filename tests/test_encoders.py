@@ -96,3 +96,43 @@ def test_e5_embeds_offline_and_deterministically():
     sim = out @ out.T
     assert sim[0, 1] > sim[0, 2]
     assert torch.equal(out, enc(["a happy dog", "a joyful puppy", "tax forms are due"]))
+
+
+def test_images_are_normalised_exactly_as_torchvision_does_it():
+    """The looked-up normalisation gives torchvision's ToTensor + Normalize bit for bit."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from mmsent.data.images import NormalisedTensor
+
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    pixels[0, 0], pixels[0, 1] = 0, 255  # both ends of the table
+    img = Image.fromarray(pixels)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = NormalisedTensor(mean, std)(img)
+    assert got.dtype == torch.float32 and got.shape == (3, 37, 23) and got.is_contiguous()
+    assert torch.equal(got, T.Normalize(mean, std)(T.ToTensor()(img)))
+
+
+def test_texts_are_encoded_in_batches_of_alike_lengths_and_returned_in_record_order(dataset: Path):
+    import dataclasses
+
+    base = load_dataset(dataset).train[0]
+    lengths = [7, 1, 5, 9, 2, 8, 3, 6, 4]  # words
+    records = [dataclasses.replace(base, guid=str(n), text=" ".join(["good"] * n)) for n in lengths]
+    encoder = create_encoder("minilm")
+    cfg = load_config(overrides=["runtime.text_batch_size=3", "runtime.backend=torch"])  # no export probes to see
+    seen: list[list[int]] = []
+    collate = encoder.collate
+
+    def recording(items):
+        seen.append([len(text) for text in items])
+        return collate(items)
+
+    encoder.collate = recording
+    features, _ = encode_records(encoder, records, cfg, None, quiet=True)
+    flat = [n for batch in seen for n in batch]
+    assert [len(b) for b in seen] == [3, 3, 3] and flat == sorted(flat)  # the longest texts last, together
+    encoder.collate = collate
+    one_by_one = np.concatenate([encode_records(encoder, [r], cfg, None, quiet=True)[0] for r in records])
+    np.testing.assert_allclose(features, one_by_one, atol=1e-5)  # each row is its record's, padding aside

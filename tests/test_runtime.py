@@ -237,3 +237,13 @@ def test_torch_threads_blocks_overlapping_in_two_threads_restore_the_setting():
     outer_may_close.set()  # the other thread's block closes last
     thread.join()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("cores", "setting", "expected"), [(2, None, 0), (3, None, 0), (4, None, 1), (16, None, 4),
+                                                            (2, 1, 1), (16, 0, 0)])
+def test_image_loader_processes_default_to_one_per_four_cores(cores: int, setting, expected: int, monkeypatch):
+    """On 2 cores a decoding process of its own slowed encoding (13.2 vs 10.2 s per 1,000 images): none there."""
+    from mmsent.encoders import runtime
+
+    monkeypatch.setattr(runtime, "available_cores", lambda: cores)
+    assert runtime.loader_processes(load_config(overrides=[f"runtime.num_workers={'null' if setting is None else setting}"])) == expected

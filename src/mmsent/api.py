@@ -35,7 +35,7 @@ from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim
-from mmsent.encoders.runtime import torch_threads
+from mmsent.encoders.runtime import loader_processes, torch_threads
 from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics, reliability
@@ -133,7 +133,7 @@ def overlaps_encoders(cfg: Config) -> bool:
     """Whether image and text encoders may encode at once: not in torch (its OpenMP threads spin-wait, so
     two encoders at once oversubscribe the cores), not under a launcher, and only without image loader
     processes (forking them from a second thread could copy a lock another thread holds)."""
-    return cfg.runtime.backend != "torch" and cfg.runtime.num_workers == 0 and not distributed.launched()
+    return cfg.runtime.backend != "torch" and loader_processes(cfg) == 0 and not distributed.launched()
 
 
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dict[str, np.ndarray]:
@@ -452,7 +452,7 @@ def _fit_finetune(
     """
     t = cfg.train
     accelerator = _accelerator(cfg)
-    workers = cfg.runtime.num_workers
+    workers = loader_processes(cfg)
     train_batches = record_batches(train_records, y_train, preprocessing.train, preprocessing.collate, t.batch_size,
                                    shuffle=True, num_workers=workers, seed=t.seed, features=cached[0])
     val_batches = record_batches(val_records, y_val, preprocessing.eval, preprocessing.collate,

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
@@ -188,6 +189,8 @@ class NormalisedTensor:
     The same numbers as torchvision's ToTensor and Normalize (the same float32 operations), without
     torch's intra-op threads: where images are decoded beside a running network (the service, a
     loader without workers), those threads made each image six times slower on a shared 2-core CPU.
+    A pixel has 256 values, so each channel's results are computed once and looked up (1.3 to 0.3 ms
+    per 224 px image).
     """
 
     mean: tuple[float, float, float]
@@ -197,9 +200,17 @@ class NormalisedTensor:
         import numpy as np
         import torch
 
-        pixels = np.asarray(img, dtype=np.float32) / np.float32(255)  # (H, W, 3)
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (3, H, W)
+        pixels = np.asarray(img)  # (H, W, 3) uint8
+        out = np.stack([self.table[c][pixels[..., c]] for c in range(3)])  # (3, H, W) float32
+        return torch.from_numpy(out)
+
+    @cached_property
+    def table(self):
+        """(3, 256) float32: every value of a channel's pixel, normalised as ToTensor and Normalize do it."""
+        import numpy as np
+
+        values = np.arange(256, dtype=np.float32)[None, :] / np.float32(255)  # (1, 256)
+        return (values - np.asarray(self.mean, np.float32)[:, None]) / np.asarray(self.std, np.float32)[:, None]
 
 
 def eval_transform(prep: ImagePreprocessing):

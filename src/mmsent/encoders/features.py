@@ -16,7 +16,7 @@ from mmsent.data.images import ImageReadError
 from mmsent.data.records import Record
 from mmsent.encoders.base import Encoder
 from mmsent.encoders.cache import FeatureCache
-from mmsent.encoders.runtime import Forward, frozen_forward, inference_threads, torch_threads
+from mmsent.encoders.runtime import Forward, frozen_forward, inference_threads, loader_processes, torch_threads
 from mmsent.errors import DataError, Problem
 
 
@@ -40,14 +40,14 @@ class _ItemDataset(Dataset):
 
 def loader_workers(encoder: Encoder, cfg: Config) -> int:
     """Worker processes that load the encoder's items: only image decoding is worth them."""
-    return cfg.runtime.num_workers if encoder.modality == "image" else 0
+    return loader_processes(cfg) if encoder.modality == "image" else 0
 
 
 def eval_items(encoder: Encoder, records: list[Record], cfg: Config) -> DataLoader:
     """Batches of (index, item, problem) for encoding."""
     return DataLoader(
         _ItemDataset(records, encoder.item_loader(cfg, train=False)),
-        batch_size=cfg.runtime.encode_batch_size,
+        batch_size=cfg.runtime.text_batch_size if encoder.modality == "text" else cfg.runtime.encode_batch_size,
         shuffle=False,
         num_workers=loader_workers(encoder, cfg),
         collate_fn=list,
@@ -112,7 +112,9 @@ def _missing(cache: FeatureCache, keys: list[str], records: list[Record]) -> dic
 
 def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool) -> None:
     keys = list(todo)
-    records = list(todo.values())
+    if encoder.modality == "text":  # texts of alike lengths in one batch pad little (the cache is keyed, not ordered)
+        keys.sort(key=lambda k: len(todo[k].text))
+    records = [todo[k] for k in keys]
     loader = eval_items(encoder, records, cfg)
     problems: list[Problem] = []
     done_keys: list[str] = []
