@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import mmsent
@@ -89,3 +91,10 @@ def test_run_folder_file_names_appear_in_one_module_only():
                 if name in node.value and not any(rel == f and other in node.value for f, other in OTHER_FILES):
                     offenders.append(f"{rel}:{node.lineno}: {node.value!r}")
     assert offenders == []
+
+
+def test_the_command_line_starts_without_scikit_learn_or_scipy():
+    """Every `mmsent` command builds the parser first; with these at the top of a module it started a second later."""
+    probe = "import sys; from mmsent.cli import build_parser; build_parser(); print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'matplotlib'}))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

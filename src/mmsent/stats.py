@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,8 @@ def t_interval(values: Sequence[float], confidence: float = 0.95, variance_facto
         return Interval(mean, 0.0, float("nan"))
     std = float(x.std(ddof=1))
     factor = 1.0 / n if variance_factor is None else variance_factor
+    from scipy import stats  # here, not at the top: importing it takes most of a second (see mmsent.engine.metrics)
+
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * std * math.sqrt(factor))
     return Interval(mean, std, half)
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from mmsent.errors import MmsentError
 
@@ -77,6 +76,8 @@ def _stratified_folds(
     tags: tuple[str, ...], k: int, seed: int, groups: tuple[int, ...] | None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     # memoised: cross-validation asks for the same folds of the same posts once per candidate, and
+    from sklearn.model_selection import StratifiedGroupKFold  # here, not at the top: see mmsent.engine.metrics
+
     # StratifiedGroupKFold takes seconds on a few thousand groups
     folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     pairs = folds.split(np.zeros(len(tags)), list(tags), _groups(len(tags), groups))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from mmsent.engine.metrics import accuracy_and_macro_f1
 
@@ -76,6 +75,9 @@ def fit_temperature(y: np.ndarray, logits: np.ndarray) -> float:
         z = z - z.max(axis=1, keepdims=True)
         log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return float(-log_probs[np.arange(len(y)), y].mean())
+
+    # imported here, not at the top: only fitting needs it (see mmsent.engine.metrics)
+    from scipy.optimize import minimize_scalar
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))

@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from mmsent import LABELS
+
+# scikit-learn is imported where a metric is computed: at the top, through the CLI's imports, it made every
+# `mmsent` command start a second later (`mmsent --help`: 1.65 s, 0.37 s without)
 
 
 def compute_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str] = LABELS) -> dict:
     """All reported metrics for integer labels and class probabilities (N, C)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(axis=1)
     classes = list(range(len(labels)))
