@@ -134,7 +134,8 @@ class RuntimeConfig(_Section):
     # reused instead of mapped and faulted in afresh (EfficientNet-Lite0: 12 s per 384 images at 4, 22 s at 64)
     encode_batch_size: int = Field(4, gt=0)
     # texts are encoded longest-alike together (sorted by length), so larger batches pad little and run faster:
-    # MiniLM in ONNX Runtime took 3.6 ms per text in sorted batches of 16, 6.3 in unsorted batches of 4
+    # MiniLM in ONNX Runtime took 3.2 / 3.4 / 3.8 ms per text in sorted batches of 16 / 8 / 4 (6.3 unsorted at 4);
+    # the price of 16: ONNX Runtime's arena grows about 45 MB more than with 4 (the last batches are the longest)
     text_batch_size: int = Field(16, gt=0)
     # image loader processes; None: one per 4 cores (see mmsent.encoders.runtime.loader_processes)
     num_workers: int | None = Field(None, ge=0)
