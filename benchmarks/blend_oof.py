@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from mmsent import LABELS
-from mmsent.api import load_training_data
+from mmsent.api import encode_labels, load_training_data
 from mmsent.config import Config
 from mmsent.experiments.cv import make_folds
 from mmsent.stats import cv_interval
@@ -55,11 +55,13 @@ def main() -> None:
     a, b = oof_probabilities(args.a), oof_probabilities(args.b)
     ratio = len(folds[0].held_out) / len(folds[0].train)
 
+    y = encode_labels(records)
+
     def scores(w: float) -> list[tuple[float, float]]:
         out = []
         for fold in folds:
             keys = [(fold.repeat, records[i].guid) for i in fold.held_out]
-            truth = [LABELS.index(records[i].tag) for i in fold.held_out]
+            truth = y[fold.held_out]
             pred = np.stack([(1 - w) * a[k] + w * b[k] for k in keys]).argmax(1)
             out.append((f1_score(truth, pred, average="macro"), accuracy_score(truth, pred)))
         return out
@@ -72,7 +74,7 @@ def main() -> None:
         s = scores(w)
         cells = [cv_interval([x[i] for x in s], ratio).text() for i in (0, 1)]
         deltas = [cv_interval([x[i] - r[i] for x, r in zip(s, reference)], ratio) for i in (0, 1)]
-        diff = ["reference"] * 2 if w == 0 else [f"{d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" for d in deltas]
+        diff = ["reference"] * 2 if w == 0 else [d.signed_text() for d in deltas]
         print(f"| {w:g} | {cells[0]} | {cells[1]} | {diff[0]} | {diff[1]} |")
 
 

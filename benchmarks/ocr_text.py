@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsent import LABELS
-from mmsent.api import extract_features, load_training_data
+from mmsent.api import encode_labels, extract_features, load_training_data
 from mmsent.config import load_config
 from mmsent.encoders import create_encoder
 from mmsent.encoders.features import encode_records
@@ -37,6 +36,11 @@ from mmsent.experiments.cv import make_folds
 from mmsent.stats import cv_interval
 
 MIN_CONFIDENCE = 0.5  # RapidOCR's score below which a read box is dropped
+
+
+def has_text(text: str) -> bool:
+    """Whether OCR read anything worth a word (shorter reads are noise)."""
+    return len(text.strip()) >= 3
 OUT = Path(__file__).resolve().parent / "results" / "ocr_text.json"
 
 
@@ -72,7 +76,7 @@ def ocr_texts(records, cache: Path, processes: int) -> dict[str, str]:
 
 def ocr_blocks(records, texts: dict[str, str], cfg) -> dict[str, np.ndarray]:
     """The OCR block (MiniLM of the OCR text, VADER, flag) and MiniLM of the tweet joined with its OCR text."""
-    has = np.array([len(texts[r.guid].strip()) >= 3 for r in records], np.float32)[:, None]  # (N, 1)
+    has = np.array([has_text(texts[r.guid]) for r in records], np.float32)[:, None]  # (N, 1)
     alone = [dataclasses.replace(r, text=texts[r.guid]) for r in records]
     joined = [dataclasses.replace(r, text=f"{r.text} | {texts[r.guid]}" if has[i, 0] else r.text)
               for i, r in enumerate(records)]
@@ -113,7 +117,7 @@ def main() -> None:
 
     cfg = load_config(preset="best")
     records = load_training_data(args.data, cfg).train
-    y = np.array([LABELS.index(r.tag) for r in records])
+    y = encode_labels(records)
     names = list(cfg.model.encoders)
     features, _ = extract_features({n: create_encoder(n) for n in names}, records, cfg, quiet=True)
     cache = args.ocr_cache or cfg.cache_path() / "ocr" / "train.jsonl"
@@ -131,7 +135,8 @@ def main() -> None:
     ratio = len(folds[0].held_out) / len(folds[0].train)
     scores = {name: [probe(features, blocks, w, y, f) for f in folds] for name, (blocks, w) in candidates.items()}
     rows = []
-    print(f"images with OCR text: {sum(1 for t in texts.values() if len(t.strip()) >= 3)} of {len(records)}\n")
+    with_text = sum(map(has_text, texts.values()))
+    print(f"images with OCR text: {with_text} of {len(records)}\n")
     print("| candidate | macro-F1 [95% CI] | accuracy [95% CI] | weighted F1 [95% CI] | Δ macro-F1 vs best_features |")
     print("|---|---|---|---|---|")
     for name, folds_scores in scores.items():
@@ -139,12 +144,12 @@ def main() -> None:
         for score in ("macro_f1", "accuracy", "weighted_f1"):
             row[score] = cv_interval([s[score] for s in folds_scores], ratio)
         diff = cv_interval([s["macro_f1"] - r["macro_f1"] for s, r in zip(folds_scores, scores["best_features"])], ratio)
-        delta = "reference" if name == "best_features" else f"{diff.mean:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}]"
+        delta = "reference" if name == "best_features" else diff.signed_text()
         print(f"| {name} | {row['macro_f1'].text()} | {row['accuracy'].text()} | {row['weighted_f1'].text()} | {delta} |")
         rows.append({"candidate": name, **{k: dataclasses.asdict(v) for k, v in row.items() if k != "candidate"},
                      "delta_macro_f1": dataclasses.asdict(diff)})
-    args.out.write_text(json.dumps({"folds": len(folds), "n": len(records), "ocr_images": sum(
-        1 for t in texts.values() if len(t.strip()) >= 3), "rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"folds": len(folds), "n": len(records), "ocr_images": with_text, "rows": rows},
+                                   indent=2) + "\n")
 
 
 if __name__ == "__main__":

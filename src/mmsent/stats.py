@@ -31,6 +31,10 @@ class Interval:
     def text(self, digits: int = 4) -> str:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
+    def signed_text(self, digits: int = 4) -> str:
+        """A difference: "+0.0011 [-0.0095, +0.0116]"."""
+        return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
 
 def t_interval(values: Sequence[float], confidence: float = 0.95, variance_factor: float | None = None) -> Interval:
     """Mean, sample std and the t-distribution confidence interval of the mean.
