@@ -9,7 +9,8 @@ import torch
 from mmsent.config import load_config
 from mmsent.data.records import load_dataset
 from mmsent.encoders import create_encoder, list_encoders
-from mmsent.encoders.features import encode_records
+from mmsent.encoders.cache import FeatureCache
+from mmsent.encoders.features import encode_records, encode_tokens
 from mmsent.errors import ConfigError, WeightsNotFoundError
 
 
@@ -65,6 +66,30 @@ def test_cache_computes_once_and_tracks_content(dataset: Path, tmp_path: Path):
     assert stats3.computed == 1 and not np.allclose(third[0], first[0]) and np.allclose(third[1:], first[1:])
 
 
+def test_token_cache_keeps_valid_tokens_in_float16(dataset: Path, tmp_path: Path):
+    cfg = load_config()
+    records = load_dataset(dataset).train[:6]
+    enc = create_encoder("minilm")
+    cache = tmp_path / "cache"
+    tokens, masks, stats1 = encode_tokens(enc, records, cfg, cache, quiet=True)
+    distinct = len({enc.item_key(r, cfg) for r in records})  # posts with the same text are encoded once
+    assert stats1.computed == distinct and tokens.shape[:2] == masks.shape and tokens.shape[2] == 384
+    # what torch gives for each post alone, to float16 precision, padded with zeros past its own length
+    for row, record in enumerate(records):
+        alone, mask = enc.forward_tokens(enc.collate([enc.item_loader(cfg)(record)]))  # (1, T, 384): cleaned text
+        length = int(mask.sum())
+        assert masks[row].sum() == length and not tokens[row, length:].any()
+        assert np.allclose(tokens[row, :length], alone[0, :length].detach().numpy(), atol=2e-2)
+    FeatureCache.open(cache, "unused")  # other entries leave this one alone
+    import mmsent.encoders.cache as cache_module
+
+    cache_module._OPEN.clear()  # as a new process: read back from the shards on disk
+    again, masks_again, stats2 = encode_tokens(enc, records, cfg, cache, quiet=True)
+    assert stats2.computed == 0 and stats2.cached == 6 and np.array_equal(again, tokens) and np.array_equal(masks_again, masks)
+    pooled, _ = encode_records(enc, records, cfg, cache, quiet=True)  # its own entry: not mistaken for tokens
+    assert pooled.shape == (6, 384)
+
+
 def test_text_cache_follows_cleaning(dataset: Path, tmp_path: Path):
     records = load_dataset(dataset).train[:5]
     enc = create_encoder("minilm")
@@ -112,6 +137,28 @@ def test_images_are_normalised_exactly_as_torchvision_does_it():
     got = NormalisedTensor(mean, std)(img)
     assert got.dtype == torch.float32 and got.shape == (3, 37, 23) and got.is_contiguous()
     assert torch.equal(got, T.Normalize(mean, std)(T.ToTensor()(img)))
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_eval_images_are_resized_and_cropped_exactly_as_torchvision_does_it(interpolation: str):
+    """Resize + CenterCrop without torchvision: the same pixels for portrait, landscape, odd, small and exact sizes."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from mmsent.data.images import ImagePreprocessing, eval_transform
+
+    prep = ImagePreprocessing(size=224, resize=256, interpolation=interpolation)
+    reference = T.Compose([T.Resize(256, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(224),
+                           T.ToTensor(), T.Normalize(prep.mean, prep.std)])
+    rng = np.random.default_rng(1)
+    for width, height in [(640, 480), (480, 640), (257, 1001), (999, 333), (256, 256), (256, 300), (100, 60), (224, 224)]:
+        img = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        assert torch.equal(eval_transform(prep)(img), reference(img)), (width, height)
+    small = ImagePreprocessing(size=224, resize=200, interpolation=interpolation)  # crop larger than the image: padded
+    img = Image.fromarray(rng.integers(0, 256, (150, 180, 3), dtype=np.uint8))
+    padded = T.Compose([T.Resize(200, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(224),
+                        T.ToTensor(), T.Normalize(small.mean, small.std)])
+    assert torch.equal(eval_transform(small)(img), padded(img))
 
 
 def test_texts_are_encoded_in_batches_of_alike_lengths_and_returned_in_record_order(dataset: Path):

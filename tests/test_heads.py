@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmsent.config import load_config
+from mmsent.data.records import load_dataset
 from mmsent.errors import ConfigError
 from mmsent.heads import create_head, list_heads
 from mmsent.model import FusionClassifier
@@ -106,3 +108,43 @@ def test_linear_head_with_lbfgs_is_a_logistic_regression():
     weight = clf.heads[0].linear.weight.detach().numpy()
     # the same objective, the same optimum: sklearn's multinomial coefficients up to a shift shared by the classes
     assert np.allclose(weight - weight.mean(0), sk.coef_ - sk.coef_.mean(0), atol=2e-3)
+
+
+def test_supervised_contrastive_loss_rewards_classes_that_cluster():
+    from mmsent.engine.losses import supervised_contrastive_loss
+
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    clustered = torch.eye(3)[y] + 0.01 * torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    mixed = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2])]
+    assert supervised_contrastive_loss(clustered, y) < supervised_contrastive_loss(mixed, y)
+    lonely = torch.randn(3, 4, requires_grad=True)
+    loss = supervised_contrastive_loss(lonely, torch.tensor([0, 1, 2]))  # no post has a partner: nothing to pull
+    loss.backward()
+    assert loss.item() == 0.0 and lonely.grad is not None and not lonely.grad.any()
+
+
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_auxiliary_losses_train_beside_the_head_and_are_not_saved(dataset, tmp_path, ensemble: int):
+    import json
+
+    from safetensors.torch import load_file
+
+    from mmsent.api import load_run
+    from mmsent.cli import main
+
+    common = ["--data", str(dataset), "--quiet", "--preset", "mlp", "--set", "model.encoders=[vader,efficientnet_lite0]",
+              "--set", "train.epochs=3", "--set", f"train.ensemble={ensemble}", "--set", "runtime.num_workers=0"]
+    plain, aux = tmp_path / "plain", tmp_path / "aux"
+    assert main(["train", "--out", str(plain), *common]) == 0
+    assert main(["train", "--out", str(aux), *common, "--set", "train.unimodal_loss=0.5",
+                 "--set", "train.supcon_loss=0.2"]) == 0
+    assert set(load_file(str(aux / "model.safetensors"))) == set(load_file(str(plain / "model.safetensors")))
+    loss = {run: [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]] for run in (plain, aux)}
+    assert loss[plain] != loss[aux]  # the training loss is another one...
+    assert load_run(aux).predict_proba(load_dataset(dataset).test, quiet=True).shape[1] == 3  # ...the model the same kind
+    assert json.loads((aux / "metrics.json").read_text())["n_train"] > 0
+
+
+def test_auxiliary_losses_need_mini_batches():
+    with pytest.raises(ConfigError, match="need train.mode=frozen and train.optimizer=adamw"):
+        load_config(None, ["train.unimodal_loss=0.5"])  # the default trains with L-BFGS

@@ -247,3 +247,50 @@ def test_image_loader_processes_default_to_one_per_four_cores(cores: int, settin
 
     monkeypatch.setattr(runtime, "available_cores", lambda: cores)
     assert runtime.loader_processes(load_config(overrides=[f"runtime.num_workers={'null' if setting is None else setting}"])) == expected
+
+
+def test_a_run_carries_its_verified_exports_and_predicts_without_building_torch_encoders(tmp_path: Path):
+    from conftest import make_dataset
+
+    from mmsent.api import load_run
+    from mmsent.run_folder import RunFolder
+
+    data = make_dataset(tmp_path / "ds", per_class=8, n_test=6)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet",
+                 "--set", "model.encoders=[minilm,efficientnet_lite0,vader]", "--set", "train.ensemble=2",
+                 "--set", "data.val_fraction=0.25", "--set", f"runtime.cache_dir={cache}"]) == 0
+    exports = RunFolder.open(run).exports()
+    assert set(exports) == {"minilm", "efficientnet_lite0"}  # VADER is no network
+    for entry in exports.values():
+        assert (run / entry["file"]).samefile(next((cache / "onnx").glob(f"*{Path(entry['file']).stem}*")))
+    records = load_dataset(data).test
+    expected = load_run(run, backend="torch").predict_proba(records, quiet=True, use_cache=False)
+    loaded = load_run(run)
+    probs = loaded.predict_proba(records, quiet=True, use_cache=False)
+    assert np.abs(probs - expected).max() < 1e-3
+    for name in exports:  # ONNX Runtime ran the run's files; no torch network was built for them
+        assert "model" not in loaded.encoders[name]._modules
+        assert prepare_inference(loaded.encoders[name], loaded.cfg).path == run / exports[name]["file"]
+    # the torch network is still there for whatever needs it, built on first use
+    assert loaded.encoders["minilm"].forward_tokens(loaded.encoders["minilm"].collate(["so happy"]))[0].shape[-1] == 384
+
+
+def test_a_damaged_export_in_a_run_is_refused(tmp_path: Path):
+    from conftest import make_dataset
+
+    from mmsent.api import load_run
+    from mmsent.errors import MmsentError
+
+    data = make_dataset(tmp_path / "ds", per_class=6, n_test=2)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet", "--set", "model.encoders=[efficientnet_lite0]",
+                 "--set", "train.ensemble=2", "--set", f"runtime.cache_dir={tmp_path / 'cache'}"]) == 0
+    export = run / "exports" / "efficientnet_lite0.onnx"
+    data_bytes = bytearray(export.read_bytes())
+    export.unlink()  # a new file: the cache's hard link keeps the original
+    data_bytes[-1] ^= 0xFF
+    export.write_bytes(bytes(data_bytes))
+    with pytest.raises(MmsentError, match="SHA-256 does not match"):
+        load_run(run)
+    assert load_run(run, backend="torch").predict_proba(load_dataset(data).test, quiet=True) is not None

@@ -34,8 +34,15 @@ from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim
-from mmsent.encoders.runtime import loader_processes, torch_threads
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim, verified_export_path
+from mmsent.encoders.runtime import (
+    BundledExport,
+    available_cores,
+    loader_processes,
+    note_once,
+    onnxruntime_installed,
+    torch_threads,
+)
 from mmsent.engine.decision import fit_decision
 from mmsent.engine.losses import make_loss
 from mmsent.engine.metrics import compute_metrics, reliability
@@ -50,7 +57,7 @@ from mmsent.engine.trainer import (
 from mmsent.errors import MmsentError, Problem
 from mmsent.factory import Preprocessing, create_encoders, create_model
 from mmsent.files import atomic_write_text, check_output_file
-from mmsent.model import FusionClassifier, MultimodalModel
+from mmsent.model import FusionClassifier, MultimodalModel, with_auxiliary_losses
 from mmsent.run_folder import (
     RunChanged,
     RunFolder,
@@ -97,12 +104,13 @@ def extract_features(
 ) -> tuple[dict[str, np.ndarray], list[EncodeStats]]:
     """{encoder: (N, D)} for records, through the feature cache unless use_cache is False.
 
-    Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (in memory).
+    Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (through the
+    token cache: float16 on disk).
     """
     cache_root = cfg.cache_path() if use_cache else None
     pooled: dict[str, tuple[np.ndarray, EncodeStats]] = {}
 
-    def encode(names: list[str]) -> None:
+    def encode(names: list[str], cfg: Config) -> None:
         for name in names:
             pooled[name] = encode_records(encoders[name], records, cfg, cache_root, quiet=quiet)
 
@@ -112,17 +120,18 @@ def extract_features(
     if images and others and overlaps_encoders(cfg):
         # the text encoders' Python (lexicon, VADER, tokenising) runs while ONNX Runtime encodes the images
         # in this worker thread, which leaves the GIL: otherwise one of two cores idles through either
+        shared = overlapped_config(cfg)
         with ThreadPoolExecutor(1, thread_name_prefix="mmsent-images") as pool:
-            image_job = pool.submit(encode, images)
-            encode(others)
+            image_job = pool.submit(encode, images, shared)
+            encode(others, shared)
             image_job.result()
     else:
-        encode(names)
+        encode(names, cfg)
     features, stats = {}, []
     for name, encoder in encoders.items():  # in the encoders' order, whichever finished first
         if name in token_encoders:
-            features[name], features[f"{name}.mask"] = encode_tokens(encoder, records, cfg, quiet)
-            stats.append(EncodeStats(name, len(records), 0, len(records)))
+            features[name], features[f"{name}.mask"], stat = encode_tokens(encoder, records, cfg, cache_root, quiet)
+            stats.append(stat)
         else:
             features[name], stat = pooled[name]
             stats.append(stat)
@@ -134,6 +143,17 @@ def overlaps_encoders(cfg: Config) -> bool:
     two encoders at once oversubscribe the cores), not under a launcher, and only without image loader
     processes (forking them from a second thread could copy a lock another thread holds)."""
     return cfg.runtime.backend != "torch" and loader_processes(cfg) == 0 and not distributed.launched()
+
+
+def overlapped_config(cfg: Config) -> Config:
+    """The config of two encoders encoding at once: unless runtime.threads says otherwise, each gets half the cores.
+
+    With all the cores each, they wait on each other's threads: 1,000 posts on 2 cores took 18.1 s and 34.7
+    CPU-seconds with two threads each, 15.3 s and 27.1 CPU-seconds with one each.
+    """
+    if cfg.runtime.threads:
+        return cfg
+    return cfg.with_values({"runtime.threads": max(1, available_cores() // 2)})
 
 
 def _subset(features: dict[str, np.ndarray], idx: np.ndarray | list[str]) -> dict[str, np.ndarray]:
@@ -350,6 +370,8 @@ def _write_run(
     writer.write_classifier(classifier.state_dict(), {"labels": list(LABELS), **classifier.spec(), "encoder_state": encoder_state})
     if tuned_weights is not None:
         writer.write_encoder_weights(tuned_weights)
+    if cfg.runtime.bundle_exports:
+        writer.write_exports(verified_exports(model, cfg))
     writer.write_metrics(metrics)
     writer.write_split(split)
     writer.write_history(result.history)
@@ -358,6 +380,22 @@ def _write_run(
     write_run_plots(writer.plots_dir, result.history, result.best_epoch, encode_labels(val_records), probs, metrics)
     writer.write_manifest(origin or RunOrigin(), data=str(Path(data_dir).resolve()),
                           validation={k: metrics[k] for k in ("accuracy", "macro_f1")})
+
+
+def verified_exports(model: MultimodalModel, cfg: Config) -> dict[str, tuple[str, Path]]:
+    """{encoder: (export key, file)} of the frozen encoders that ONNX Runtime runs under cfg, exported and checked
+    against torch now if no encoding did it yet (a warm run); token-level inputs stay in torch."""
+    if cfg.runtime.backend == "torch" or not onnxruntime_installed():
+        return {}
+    from mmsent.encoders.onnx_export import export_key
+
+    exports = {}
+    for name, encoder in model.encoders.items():
+        if encoder.exportable and name not in model.classifier.token_encoders:
+            path = verified_export_path(encoder, cfg)
+            if path is not None:
+                exports[name] = (export_key(encoder), path)
+    return exports
 
 
 def count_parameters(module: torch.nn.Module) -> int:
@@ -381,11 +419,18 @@ def _fit_heads(
     oof = None
     if len(classifier.heads) == 1:
         train_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-        result = fit(classifier, train_batches, val_batches, loss_fn, cfg.train, callbacks=callbacks, quiet=quiet)
+        result = fit(auxiliary(classifier, classifier, cfg), train_batches, val_batches, loss_fn, cfg.train,
+                     callbacks=callbacks, quiet=quiet)
     else:
         result, oof = _fit_cross_fitted(classifier, train_records, train_feats, y_train, loss_fn, cfg, quiet, callbacks)
     probs = predict_proba(classifier, val_batches)[0] if len(y_val) else np.zeros((0, len(LABELS)), np.float32)
     return result, probs, oof
+
+
+def auxiliary(trained: torch.nn.Module, classifier: FusionClassifier, cfg: Config) -> torch.nn.Module:
+    """What trains: the head, wrapped with the auxiliary losses the config asks for (train.unimodal_loss, supcon_loss)."""
+    t = cfg.train
+    return with_auxiliary_losses(trained, classifier, t.unimodal_loss, t.supcon_loss, t.supcon_temperature)
 
 
 def _fit_cross_fitted(
@@ -417,7 +462,7 @@ def _fit_cross_fitted(
         fit_batches = FeatureBatches(_subset(train_feats, fit_idx), y_train[fit_idx], cfg.train.batch_size,
                                      shuffle=True, seed=cfg.train.seed + index)
         stop_batches = FeatureBatches(_subset(train_feats, stop_idx), y_train[stop_idx], 1024, shuffle=False)
-        results.append(fit(member, fit_batches, stop_batches, loss_fn, cfg.train,
+        results.append(fit(auxiliary(member, classifier, cfg), fit_batches, stop_batches, loss_fn, cfg.train,
                            callbacks=callbacks if index == 0 else None, quiet=quiet, desc=f"train head {index + 1}/{k}"))
         oof[stop_idx] = predict_proba(member, stop_batches)[0]
     decision = fit_decision(y_train, oof, cfg.train.decision, cfg.train.calibrate, cfg.train.decision_bootstraps,
@@ -576,9 +621,12 @@ def _load_run(folder: RunFolder, backend: str | None = None) -> LoadedRun:
         raise MmsentError(f"{folder.path}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
     tuned = folder.encoder_weights()
     apply_runtime(cfg)
-    # fine-tuned weights replace the named ones, so those need not be available again
+    exports = folder.exports() if cfg.runtime.backend != "torch" and onnxruntime_installed() else {}
+    # fine-tuned weights replace the named ones, so those need not be available again; encoders whose export
+    # the run carries build their torch network only if something needs it (a fine-tuned one needs its weights)
     model, _ = create_model(cfg, encoder_state=spec.get("encoder_state", {}),
-                            architecture_only=frozenset(cfg.tuned_encoders()) if tuned is not None else frozenset())
+                            architecture_only=frozenset(cfg.tuned_encoders()) if tuned is not None else frozenset(),
+                            deferred=frozenset(exports) - frozenset(cfg.tuned_encoders()))
     classifier = model.classifier
     for name, dim in classifier.encoder_dims.items():
         if spec["encoder_dims"].get(name) != dim:
@@ -599,7 +647,23 @@ def _load_run(folder: RunFolder, backend: str | None = None) -> LoadedRun:
     except RuntimeError as exc:  # a state dict that does not fit the model the config describes
         raise MmsentError(f"{folder.path}: the saved weights do not fit the model its config describes ({exc})") from None
     model.eval()
+    attach_exports(folder, model, exports)
     return LoadedRun(folder.path, cfg, model)
+
+
+def attach_exports(folder: RunFolder, model: MultimodalModel, exports: dict[str, dict[str, str]]) -> None:
+    """Give each encoder the export the run carries for it, if it is an export of this very encoder (same
+    weights, preprocessing and recipe) and its bytes are those the run recorded."""
+    from mmsent.encoders.onnx_export import export_key
+
+    for name, entry in exports.items():
+        encoder = model.encoders[name] if name in model.encoders else None
+        if encoder is None or entry.get("key") != export_key(encoder):
+            continue  # exported from other weights or by another torch: the encoder is exported anew if needed
+        try:
+            encoder.bundled_export = BundledExport(entry["key"], folder.verified_file(entry["file"]))
+        except PermissionError:
+            note_once(f"{folder.path / entry['file']} cannot be read; encoder {name!r} is exported anew")
 
 
 def _load_list(

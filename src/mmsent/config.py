@@ -104,6 +104,12 @@ class TrainConfig(_Section):
     patience: int = Field(5, gt=0)
     class_weights: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # auxiliary losses while a head trains (frozen mode, adamw; the saved model is the head alone):
+    # unimodal_loss weights the cross-entropy of one linear classifier per modality on its own features;
+    # supcon_loss weights a supervised contrastive loss on the head's hidden layer (concat-family heads)
+    unimodal_loss: float = Field(0.0, ge=0.0)
+    supcon_loss: float = Field(0.0, ge=0.0)
+    supcon_temperature: float = Field(0.1, gt=0.0)
     seed: int = 42
     # heads trained and averaged (frozen mode); with two or more each early-stops on its own fold of the
     # training split (cross-fitting), so the validation split is used for nothing but the report
@@ -125,6 +131,9 @@ class TrainConfig(_Section):
                 "train.optimizer=adamw (the defaults train an ensemble of heads with L-BFGS); start from "
                 "--preset finetune, or set both"
             )
+        if (self.unimodal_loss or self.supcon_loss) and (self.mode != "frozen" or self.optimizer != "adamw"):
+            raise ValueError("train.unimodal_loss and train.supcon_loss train beside a head on cached features with "
+                             "mini-batches: they need train.mode=frozen and train.optimizer=adamw")
         return self
 
 
@@ -146,6 +155,9 @@ class RuntimeConfig(_Section):
     # against torch) and runs it with ONNX Runtime, falling back to torch with a note where that fails;
     # auto does the same but uses torch quietly where ONNX Runtime is not installed; torch never exports
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    # a trained run folder carries the verified ONNX exports of its frozen encoders (hard links into the cache
+    # where the file system allows): predict and serve then start without building those encoders in torch
+    bundle_exports: bool = True
 
 
 class Config(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -20,32 +21,51 @@ from mmsent.model import FusionClassifier, MultimodalModel
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Each encoder's own input pipeline (tokenizer; image size, mean, std), as its weights expect it."""
+    """Each encoder's own input pipeline (tokenizer; image size, mean, std), as its weights expect it.
 
-    train: dict[str, Callable[[Record], Any]]  # record -> item, with the training augmentation
-    eval: dict[str, Callable[[Record], Any]]  # record -> item, deterministic
-    collate: dict[str, Callable[[list[Any]], Any]]  # items -> the encoder's batch
+    Built on first use: a loaded run that only predicts never builds the training augmentation (and so
+    never imports torchvision for it).
+    """
+
+    encoders: dict[str, Encoder]
+    cfg: Config
+
+    @cached_property
+    def train(self) -> dict[str, Callable[[Record], Any]]:
+        """record -> item, with the training augmentation."""
+        return {n: e.item_loader(self.cfg, train=True) for n, e in self.encoders.items()}
+
+    @cached_property
+    def eval(self) -> dict[str, Callable[[Record], Any]]:
+        """record -> item, deterministic."""
+        return {n: e.item_loader(self.cfg, train=False) for n, e in self.encoders.items()}
+
+    @property
+    def collate(self) -> dict[str, Callable[[list[Any]], Any]]:
+        """items -> the encoder's batch."""
+        return {n: e.collate for n, e in self.encoders.items()}
 
 
 def preprocessing_of(encoders: dict[str, Encoder], cfg: Config) -> Preprocessing:
-    return Preprocessing(
-        train={n: e.item_loader(cfg, train=True) for n, e in encoders.items()},
-        eval={n: e.item_loader(cfg, train=False) for n, e in encoders.items()},
-        collate={n: e.collate for n, e in encoders.items()},
-    )
+    return Preprocessing(dict(encoders), cfg)
 
 
-def create_encoders(cfg: Config, architecture_only: frozenset[str] = frozenset()) -> dict[str, Encoder]:
+def create_encoders(
+    cfg: Config, architecture_only: frozenset[str] = frozenset(), deferred: frozenset[str] = frozenset()
+) -> dict[str, Encoder]:
     """Every encoder of the config, by name, with its options; missing weights stop here, before any data work.
 
     Encoders named in architecture_only (that take a `pretrained` option) are built without their
-    pretrained weights: a fine-tuned run supplies them.
+    pretrained weights: a fine-tuned run supplies them. Encoders named in deferred (that take a
+    `defer_network` option) build their torch network on first use only: a run's ONNX export runs them.
     """
     encoders = {}
     for name in cfg.model.encoders:
         options = dict(cfg.model.encoder_options.get(name, {}))
         if name in architecture_only and encoder_accepts(name, "pretrained"):
             options["pretrained"] = False
+        if name in deferred and encoder_accepts(name, "defer_network"):
+            options["defer_network"] = True
         encoders[name] = create_encoder(name, **options)
     return encoders
 
@@ -81,6 +101,7 @@ def create_model(
     fit_records: list[Record] | None = None,
     encoder_state: dict[str, dict] | None = None,
     architecture_only: frozenset[str] = frozenset(),
+    deferred: frozenset[str] = frozenset(),
 ) -> tuple[MultimodalModel, Preprocessing]:
     """The model a config describes (encoders + fusion classifier) and its preprocessing.
 
@@ -88,7 +109,7 @@ def create_model(
     `encoder_state` back before the classifier is sized from their dimensions. `encoders` passes
     encoders created earlier (to fail on missing weights before loading data).
     """
-    encoders = encoders if encoders is not None else create_encoders(cfg, architecture_only)
+    encoders = encoders if encoders is not None else create_encoders(cfg, architecture_only, deferred)
     for name, state in (encoder_state or {}).items():
         encoders[name].load_extra_state_dict(state)
     if fit_records is not None:

@@ -150,11 +150,14 @@ class FusionClassifier(nn.Module):
     def forward_groups(self, groups: dict) -> torch.Tensor:
         """Standardised {modality: features} -> decision logits (B, C)."""
         if len(self.heads) == 1:
-            log_p = torch.log_softmax(self.heads[0](groups), dim=-1)  # (B, C)
-        else:
-            per_head = torch.stack([torch.log_softmax(h(groups), dim=-1) for h in self.heads])  # (K, B, C)
-            log_p = torch.logsumexp(per_head, dim=0) - math.log(len(self.heads))  # log of the mean probability
+            return self.decide(self.heads[0](groups))
+        per_head = torch.stack([torch.log_softmax(h(groups), dim=-1) for h in self.heads])  # (K, B, C)
+        log_p = torch.logsumexp(per_head, dim=0) - math.log(len(self.heads))  # log of the mean probability
         return (log_p + self.offsets) / self.temperature  # (B, C)
+
+    def decide(self, head_logits: torch.Tensor) -> torch.Tensor:
+        """One head's logits (B, C) -> decision logits: (log p + offsets) / temperature."""
+        return (torch.log_softmax(head_logits, dim=-1) + self.offsets) / self.temperature
 
     def spec(self) -> dict:
         """What rebuilding this module needs besides its weights."""
@@ -183,6 +186,61 @@ class HeadView(nn.Module):
         """(this member's head, the grouped inputs) for a full-batch optimiser (see trainer.fixed_inputs)."""
         forward, groups = self.classifier.prepare_fixed_inputs(features)
         return (self, features) if forward is self.classifier else (self.head, groups)
+
+
+class AuxiliaryLosses(nn.Module):
+    """A head in training with auxiliary losses beside its own; the head alone is kept once it has trained.
+
+    `unimodal`: one linear classifier per pooled modality on that modality's standardised features, whose
+    mean cross-entropy, times the weight, joins the loss (each modality must predict the tag on its own).
+    `supcon`: a supervised contrastive loss on the head's hidden layer (heads with forward_features).
+    `trained` is the FusionClassifier (one head) or a HeadView (a member of the cross-fitted ensemble).
+    """
+
+    def __init__(self, trained: nn.Module, classifier: FusionClassifier, unimodal: float, supcon: float,
+                 temperature: float):
+        super().__init__()
+        self.trained = trained
+        # not submodules: `trained` holds what trains (its state is what the best epoch restores)
+        object.__setattr__(self, "classifier", classifier)
+        object.__setattr__(self, "head", trained.head if isinstance(trained, HeadView) else classifier.heads[0])
+        if supcon and not hasattr(self.head, "forward_features"):
+            raise ValueError(f"train.supcon_loss needs a head with a hidden layer (concat, ln, mlp), not "
+                             f"{type(self.head).__name__}")
+        self.unimodal, self.supcon, self.temperature = unimodal, supcon, temperature
+        pooled = {m: d for m, d in classifier.modality_dims.items() if unimodal
+                  and not any(classifier.encoder_modalities[n] == m for n in classifier.token_encoders)}
+        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, len(LABELS)) for m, d in pooled.items()})
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.trained(features)
+
+    def training_loss(self, features: dict[str, torch.Tensor], y: torch.Tensor, loss_fn: nn.Module) -> torch.Tensor:
+        from mmsent.engine.losses import supervised_contrastive_loss
+
+        groups = self.classifier.group_by_modality(features)  # {modality: (B, D_m)}, standardised
+        if self.supcon:
+            hidden = self.head.forward_features(groups)  # (B, H)
+            logits = self.head.forward_head(hidden)
+        else:
+            hidden, logits = None, self.head(groups)
+        if isinstance(self.trained, FusionClassifier):  # the single head's decision is part of its logits
+            logits = self.trained.decide(logits)
+        loss = loss_fn(logits, y)
+        if self.unimodal_heads:
+            unimodal = [loss_fn(head(groups[m]), y) for m, head in self.unimodal_heads.items()]
+            loss = loss + self.unimodal * torch.stack(unimodal).mean()
+        if hidden is not None:
+            loss = loss + self.supcon * supervised_contrastive_loss(hidden, y, self.temperature)
+        return loss
+
+
+def with_auxiliary_losses(trained: nn.Module, classifier: FusionClassifier, unimodal: float, supcon: float,
+                          temperature: float) -> nn.Module:
+    """`trained` wrapped in AuxiliaryLosses where a weight asks for them; else `trained` itself."""
+    if not unimodal and not supcon:
+        return trained
+    return AuxiliaryLosses(trained, classifier, unimodal, supcon, temperature)
 
 
 class MultimodalModel(nn.Module):

@@ -37,6 +37,8 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
 ENCODERS_FILE = "encoders.safetensors"
+EXPORTS_FILE = "exports.json"  # {encoder: {"key": ..., "file": "exports/NAME.onnx"}}: verified ONNX exports
+EXPORTS_DIR = "exports"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.json"
@@ -77,6 +79,15 @@ class RunOrigin:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file read in blocks (an ONNX export is ~100 MB: not held in memory at once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _redo_hint(path: Path) -> str:
@@ -143,6 +154,24 @@ class RunFolder:
         if entry is not None and _sha256(data) != entry["sha256"]:
             self._changed_or_damaged(name, "differs from what the run recorded (its SHA-256 does not match)")
         return data
+
+    def verified_file(self, name: str) -> Path:
+        """The path of a file of the run, its content checked against the marker (for files read by path)."""
+        entry = self.marker.get("files", {}).get(name)
+        path = self.path / name
+        if entry is None:
+            raise MmsentError(f"{path} is not a file of the run; {_redo_hint(self.path)}")
+        try:
+            digest = _file_sha256(path)
+        except FileNotFoundError:
+            self._changed_or_damaged(name, "is missing")
+        if digest != entry["sha256"]:
+            self._changed_or_damaged(name, "differs from what the run recorded (its SHA-256 does not match)")
+        return path
+
+    def exports(self) -> dict[str, dict[str, str]]:
+        """{encoder: {"key", "file"}} of the verified ONNX exports the run carries (none for older runs)."""
+        return self.read_json(EXPORTS_FILE) if self.has(EXPORTS_FILE) else {}
 
     def has(self, name: str) -> bool:
         return name in self.marker.get("files", {})
@@ -313,6 +342,24 @@ class RunWriter:
         """Fine-tuned encoder weights, as `encoder_weights_blob` serialised them."""
         (self.path / ENCODERS_FILE).write_bytes(blob)
 
+    def write_exports(self, exports: dict[str, tuple[str, Path]]) -> None:
+        """Verified ONNX exports {encoder: (export key, file)}: hard links to the cached files where the file
+        system allows (no space taken), copies elsewhere."""
+        import shutil
+
+        entries = {}
+        for name, (key, source) in exports.items():
+            relative = f"{EXPORTS_DIR}/{name}.onnx"
+            target = self.path / relative
+            target.parent.mkdir(exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(source, target)
+            entries[name] = {"key": key, "file": relative}
+        if entries:
+            self.write_json(EXPORTS_FILE, entries)
+
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self.write_json(METRICS_FILE, metrics)
 
@@ -355,8 +402,7 @@ class RunWriter:
     def _write_marker(self) -> None:
         files = {}
         for file in sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MARKER_FILE):
-            data = file.read_bytes()
-            files[file.relative_to(self.path).as_posix()] = {"size": len(data), "sha256": _sha256(data)}
+            files[file.relative_to(self.path).as_posix()] = {"size": file.stat().st_size, "sha256": _file_sha256(file)}
         marker = {"run_id": uuid.uuid4().hex, "completed": _now(), "mmsent_version": __version__, "files": files}
         self._write_text(MARKER_FILE, json.dumps(marker, indent=2))
 

@@ -34,6 +34,26 @@ class Encoder(nn.Module):
     exportable: ClassVar[bool] = False
     # a convolutional network: on a CPU it runs faster in the channels_last memory layout
     convolutional: ClassVar[bool] = False
+    # created with defer_network=True, the torch network (`self.model`) is built on first use: a run that
+    # carries verified ONNX exports predicts without it (no transformers model code imported, no weights)
+    _network_deferred: bool = False
+
+    def build_network(self) -> None:
+        """Create the torch network `self.model`: encoders that can defer it (defer_network=True) implement it."""
+        raise NotImplementedError(f"encoder {self.name!r} cannot defer its network")
+
+    def ensure_network(self) -> None:
+        """Build a deferred network now, in this module's train/eval mode; nothing if it is built."""
+        if self.__dict__.get("_network_deferred"):
+            self._network_deferred = False
+            self.build_network()
+            self.model.train(self.training)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model" and self.__dict__.get("_network_deferred"):
+            self.ensure_network()  # whatever needs the torch network gets it, built now
+            return self._modules["model"]
+        return super().__getattr__(name)
 
     def fingerprint(self) -> str:
         """Identifies weights and preprocessing: features are cached under it."""

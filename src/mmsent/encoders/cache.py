@@ -24,7 +24,11 @@ def entry_name(fingerprint: str) -> str:
 
 
 class FeatureCache:
-    """Append-only shards of (key, vector) pairs under one folder per encoder fingerprint."""
+    """Append-only shards of (key, array) pairs under one folder per encoder fingerprint.
+
+    A shard holds either vectors (N, D) float32, or token sequences of varied lengths: their rows joined
+    (sum T_i, D) in float16 with the lengths (N,) beside them (a token cache is ~50x the pooled one).
+    """
 
     def __init__(self, root: Path | None, fingerprint: str):
         self.fingerprint = fingerprint
@@ -59,7 +63,10 @@ class FeatureCache:
             self._shards.add(shard.name)
             try:
                 with np.load(shard, allow_pickle=False) as data:
-                    for key, vec in zip(data["keys"], data["values"], strict=True):
+                    values = data["values"]
+                    if "lengths" in data:  # ragged: (sum T_i, D) -> one (T_i, D) view per key
+                        values = np.split(values, np.cumsum(data["lengths"])[:-1])
+                    for key, vec in zip(data["keys"], values, strict=True):
                         self._store[str(key)] = vec
             except (OSError, ValueError, KeyError):
                 continue  # a damaged shard only costs recomputation
@@ -71,9 +78,22 @@ class FeatureCache:
         return self._store.get(key)
 
     def put_many(self, keys: list[str], values: np.ndarray) -> None:
-        """Add vectors and persist them as one new shard (atomic: temp file, then rename)."""
+        """Add vectors (N, D) and persist them as one new shard."""
+        values = np.asarray(values, dtype=np.float32)
         for key, vec in zip(keys, values, strict=True):
             self._store[key] = vec
+        self._write_shard(keys, values=values)
+
+    def put_sequences(self, keys: list[str], sequences: list[np.ndarray]) -> None:
+        """Add token sequences [(T_i, D)] and persist them as one new shard, in float16."""
+        sequences = [np.asarray(s, dtype=np.float16) for s in sequences]
+        for key, seq in zip(keys, sequences, strict=True):
+            self._store[key] = seq
+        if sequences:
+            self._write_shard(keys, values=np.concatenate(sequences), lengths=np.array([len(s) for s in sequences]))
+
+    def _write_shard(self, keys: list[str], **arrays: np.ndarray) -> None:
+        """One new shard file (atomic: temp file, then rename), so readers never see half of one."""
         if self.dir is None or not keys:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +101,7 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=self.dir, prefix=".tmp-")
         os.close(fd)
         try:
-            np.savez(tmp, keys=np.array(keys, dtype=str), values=np.asarray(values, dtype=np.float32))
+            np.savez(tmp, keys=np.array(keys, dtype=str), **arrays)
             name = f"shard-{uuid.uuid4().hex}.npz"
             os.replace(tmp, self.dir / name)
             self._shards.add(name)  # already in memory

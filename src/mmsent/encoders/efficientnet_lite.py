@@ -47,10 +47,14 @@ class EfficientNetLiteEncoder(ImageEncoder):
     exportable = True
     convolutional = True
 
-    def __init__(self, weights_path: str | None = None, pretrained: bool = True, views: list[str] | None = None):
+    def __init__(
+        self, weights_path: str | None = None, pretrained: bool = True, views: list[str] | None = None,
+        defer_network: bool = False,
+    ):
+        """defer_network: build the network on first use only (see Encoder.ensure_network)."""
         super().__init__()
         try:
-            from efficientnet_lite_pytorch import EfficientNet
+            import efficientnet_lite_pytorch  # noqa: F401
         except ImportError:
             raise WeightsNotFoundError(f"encoder {self.name!r} needs the package efficientnet-lite-pytorch") from None
         self.views = list(views or ["center"])
@@ -58,20 +62,29 @@ class EfficientNetLiteEncoder(ImageEncoder):
         if unknown or not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"encoder {self.name!r}: views must be distinct names among {', '.join(VIEWS)}, not {views}")
         self.pretrained = pretrained
-        arch = f"efficientnet-{self.variant}"
+        self.weights_path: Path | None = None
         if pretrained:
-            path = Path(weights_path) if weights_path else bundled_weights(self.variant)
-            if not path.exists():
-                raise WeightsNotFoundError(f"encoder {self.name!r}: no weights file at {path}")
-            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-                self.model = EfficientNet.from_pretrained(arch, weights_path=str(path))
-            self._weights_id = path.name
-        else:
-            self.model = EfficientNet.from_name(arch)
-            self._weights_id = "random"
-        self.model._fc = torch.nn.Identity()  # the ImageNet classifier is not used
+            self.weights_path = Path(weights_path) if weights_path else bundled_weights(self.variant)
+            if not self.weights_path.exists():
+                raise WeightsNotFoundError(f"encoder {self.name!r}: no weights file at {self.weights_path}")
+        self._weights_id = self.weights_path.name if self.weights_path else "random"
         self.dim = 1280
         self.token_dim = 1280
+        if defer_network:
+            self._network_deferred = True
+        else:
+            self.build_network()
+
+    def build_network(self) -> None:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        arch = f"efficientnet-{self.variant}"
+        if self.weights_path is not None:
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+                self.model = EfficientNet.from_pretrained(arch, weights_path=str(self.weights_path))
+        else:
+            self.model = EfficientNet.from_name(arch)
+        self.model._fc = torch.nn.Identity()  # the ImageNet classifier is not used
 
     def fingerprint(self) -> str:
         views = "" if self.views == ["center"] else f"|views={'+'.join(self.views)}"

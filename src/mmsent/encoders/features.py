@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -16,7 +19,15 @@ from mmsent.data.images import ImageReadError
 from mmsent.data.records import Record
 from mmsent.encoders.base import Encoder
 from mmsent.encoders.cache import FeatureCache
-from mmsent.encoders.runtime import Forward, frozen_forward, inference_threads, loader_processes, torch_threads
+from mmsent.encoders.runtime import (
+    Forward,
+    TorchForward,
+    chosen_onnx_path,
+    frozen_forward,
+    inference_threads,
+    loader_processes,
+    torch_threads,
+)
 from mmsent.errors import DataError, Problem
 
 
@@ -54,10 +65,40 @@ def eval_items(encoder: Encoder, records: list[Record], cfg: Config) -> DataLoad
     )
 
 
+_END = object()
+
+
+def prefetched(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """The batches, each produced up to `depth` ahead in a thread of its own.
+
+    Without loader processes, an image batch used to be decoded and resized while the network waited, and
+    the network ran while the decoding waited: PIL leaves the GIL while it decodes, so a thread overlaps them.
+    """
+    iterator = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="mmsent-decode") as pool:
+        pending = deque(pool.submit(next, iterator, _END) for _ in range(depth))
+        while True:
+            batch = pending.popleft().result()
+            if batch is _END:
+                return
+            pending.append(pool.submit(next, iterator, _END))
+            yield batch
+
+
 def prepare_inference(encoder: Encoder, cfg: Config) -> Forward:
     """Choose (export and check, where the backend says so) the forward that encodes with this config, now."""
     encoder.eval()
     return frozen_forward(encoder, cfg, inference_threads(cfg, loader_workers(encoder, cfg)))
+
+
+def verified_export_path(encoder: Encoder, cfg: Config) -> Path | None:
+    """The ONNX export this encoder runs from under cfg: one this process already checked (whatever its thread
+    count), else one exported and checked now; None where the encoder runs in torch."""
+    chosen = chosen_onnx_path(encoder, cfg)
+    if chosen is not None:
+        return chosen
+    forward = prepare_inference(encoder, cfg)
+    return forward.path if forward.backend == "onnx" else None
 
 
 @dataclass
@@ -68,6 +109,9 @@ class EncodeStats:
     computed: int
 
 
+TOKENS = "tokens"  # the fingerprint suffix of an encoder's token features: their own cache entry
+
+
 def encode_records(
     encoder: Encoder,
     records: list[Record],
@@ -75,12 +119,45 @@ def encode_records(
     cache_root: Path | None,
     quiet: bool = False,
 ) -> tuple[np.ndarray, EncodeStats]:
-    """Features (N, encoder.dim) for records, computing only what the cache lacks.
+    """Features (N, encoder.dim) for records, computing only what the cache lacks."""
+    cache = FeatureCache.open(cache_root, encoder.cache_fingerprint())
+    keys, stats = _fill_cache(encoder, records, cfg, cache, quiet, tokens=False)
+    out = np.stack([cache.get(k) for k in keys]) if keys else np.zeros((0, encoder.dim), np.float32)
+    return out.astype(np.float32), stats
+
+
+def encode_tokens(
+    encoder: Encoder,
+    records: list[Record],
+    cfg: Config,
+    cache_root: Path | None,
+    quiet: bool = False,
+) -> tuple[np.ndarray, np.ndarray, EncodeStats]:
+    """Token features (N, T, D_tok) zero-padded to the longest and masks (N, T), through the token cache.
+
+    The cache keeps each item's valid tokens in float16 (MiniLM's word pieces, EfficientNet's 49 patches),
+    so cross-validating a token-level head encodes each post once, not once per fold.
+    """
+    cache = FeatureCache.open(cache_root, f"{encoder.cache_fingerprint()}|{TOKENS}")
+    keys, stats = _fill_cache(encoder, records, cfg, cache, quiet, tokens=True)
+    sequences = [cache.get(k) for k in keys]
+    longest = max((len(s) for s in sequences), default=1)
+    tokens = np.zeros((len(records), longest, token_dim(encoder)), dtype=np.float32)
+    masks = np.zeros((len(records), longest), dtype=bool)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = seq
+        masks[row, : len(seq)] = True
+    return tokens, masks, stats
+
+
+def _fill_cache(
+    encoder: Encoder, records: list[Record], cfg: Config, cache: FeatureCache, quiet: bool, tokens: bool
+) -> tuple[list[str], EncodeStats]:
+    """The records' cache keys, after computing what the cache lacks.
 
     Under a launcher every process encodes its share of what is missing into the cache folder, and
     reads the other shares from there once all are done: each item is encoded and written once.
     """
-    cache = FeatureCache.open(cache_root, encoder.cache_fingerprint())
     keys = [encoder.item_key(r, cfg) for r in records]
     todo = _missing(cache, keys, records)
     computed = 0
@@ -88,17 +165,16 @@ def encode_records(
         distributed.wait_for_everyone()  # all have listed what is missing before any adds to the folder: the same list
         share = dict(distributed.my_share(list(todo.items())))
         if share:
-            _compute_into(encoder, share, cfg, cache, quiet)
+            _compute_into(encoder, share, cfg, cache, quiet, tokens)
         computed = len(share)
         distributed.wait_for_everyone()  # every share is in the cache folder now
         cache.refresh()
         # left: what the other processes wrote where this one cannot see it (each machine its own cache folder)
         todo = _missing(cache, keys, records)
     if todo:
-        _compute_into(encoder, todo, cfg, cache, quiet)
+        _compute_into(encoder, todo, cfg, cache, quiet, tokens)
         computed += len(todo)
-    out = np.stack([cache.get(k) for k in keys]) if keys else np.zeros((0, encoder.dim), np.float32)
-    return out.astype(np.float32), EncodeStats(encoder.name, len(records), len(records) - computed, computed)
+    return keys, EncodeStats(encoder.name, len(records), len(records) - computed, computed)
 
 
 def _missing(cache: FeatureCache, keys: list[str], records: list[Record]) -> dict[str, Record]:
@@ -110,30 +186,57 @@ def _missing(cache: FeatureCache, keys: list[str], records: list[Record]) -> dic
     return todo
 
 
-def _compute_into(encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool) -> None:
+class _Pending:
+    """Computed items not yet in the cache: written as a shard every 1,024 so an interrupted encoding resumes."""
+
+    def __init__(self, cache: FeatureCache, tokens: bool):
+        self.cache, self.tokens = cache, tokens
+        self.keys: list[str] = []
+        self.values: list[np.ndarray] = []  # (B, dim) blocks, or one (T_i, D_tok) array per item
+
+    def add(self, keys: list[str], out) -> None:
+        self.keys += keys
+        if self.tokens:
+            tokens, mask = out  # (B, T, D_tok), (B, T)
+            self.values += [t[m] for t, m in zip(tokens, mask, strict=True)]  # valid tokens only
+        else:
+            self.values.append(out)
+        if len(self.keys) >= 1024:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.keys:
+            return
+        if self.tokens:
+            self.cache.put_sequences(self.keys, self.values)
+        else:
+            self.cache.put_many(self.keys, np.concatenate(self.values))
+        self.keys, self.values = [], []
+
+
+def _compute_into(
+    encoder: Encoder, todo: dict[str, Record], cfg: Config, cache: FeatureCache, quiet: bool, tokens: bool
+) -> None:
     keys = list(todo)
     if encoder.modality == "text":  # texts of alike lengths in one batch pad little (the cache is keyed, not ordered)
         keys.sort(key=lambda k: len(todo[k].text))
     records = [todo[k] for k in keys]
     loader = eval_items(encoder, records, cfg)
     problems: list[Problem] = []
-    done_keys: list[str] = []
-    done_vecs: list[np.ndarray] = []
-    bar = tqdm(total=len(records), desc=f"encode {encoder.name}", disable=quiet, unit="item")
+    pending = _Pending(cache, tokens)
+    bar = tqdm(total=len(records), desc=f"{TOKENS if tokens else 'encode'} {encoder.name}", disable=quiet, unit="item")
     with torch_threads(inference_threads(cfg, loader.num_workers)), bar:
-        forward = prepare_inference(encoder, cfg)
-        for batch in loader:
+        # token features always run in torch: they are encoded once into the cache, so no export pays off
+        forward = TorchForward(encoder).tokens if tokens else prepare_inference(encoder, cfg)
+        # image decoding in a thread beside the network, where no loader processes do it
+        batches = prefetched(loader) if encoder.modality == "image" and loader.num_workers == 0 else loader
+        for batch in batches:
             good = [(i, item) for i, item, problem in batch if problem is None]
             problems += [problem for _, _, problem in batch if problem is not None]
             if good:
-                done_keys += [keys[i] for i, _ in good]
-                done_vecs.append(forward(encoder.collate([item for _, item in good])))  # (B, dim) float32
+                pending.add([keys[i] for i, _ in good], forward(encoder.collate([item for _, item in good])))
             bar.update(len(batch))
-            if len(done_keys) >= 1024:  # persist progress so an interrupted encoding resumes
-                cache.put_many(done_keys, np.concatenate(done_vecs))
-                done_keys, done_vecs = [], []
-    if done_keys:
-        cache.put_many(done_keys, np.concatenate(done_vecs))
+    pending.flush()
     if problems:
         raise DataError(problems, "Fix or remove these images, or pass --on-error skip.")
 
@@ -145,30 +248,3 @@ def has_tokens(encoder: Encoder) -> bool:
 
 def token_dim(encoder: Encoder) -> int:
     return int(getattr(encoder, "token_dim", encoder.dim))
-
-
-def encode_tokens(encoder: Encoder, records: list[Record], cfg: Config, quiet: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Token features (N, T, D_tok) zero-padded to the longest, and masks (N, T); kept in memory, not cached."""
-    loader = eval_items(encoder, records, cfg)
-    chunks: list[tuple[np.ndarray, np.ndarray]] = []
-    problems: list[Problem] = []
-    encoder.eval()
-    with torch.inference_mode(), tqdm(total=len(records), desc=f"tokens {encoder.name}", disable=quiet, unit="item") as bar:
-        for batch in loader:
-            problems += [p for _, _, p in batch if p is not None]
-            items = [item for _, item, p in batch if p is None]
-            if items:
-                tokens, mask = encoder.forward_tokens(encoder.collate(items))  # (B, T, D), (B, T)
-                chunks.append((tokens.float().cpu().numpy(), mask.bool().cpu().numpy()))
-            bar.update(len(batch))
-    if problems:
-        raise DataError(problems, "Fix or remove these images, or pass --on-error skip.")
-    longest = max((t.shape[1] for t, _ in chunks), default=1)
-    tokens = np.zeros((len(records), longest, token_dim(encoder)), dtype=np.float32)
-    masks = np.zeros((len(records), longest), dtype=bool)
-    row = 0
-    for t, m in chunks:
-        tokens[row : row + len(t), : t.shape[1]] = t
-        masks[row : row + len(t), : m.shape[1]] = m
-        row += len(t)
-    return tokens, masks

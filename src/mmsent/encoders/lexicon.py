@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from functools import cached_property
 
@@ -57,14 +58,13 @@ class LexiconEncoder(TextEncoder):
 
     def __init__(self):
         super().__init__()
-        try:
-            import textblob  # noqa: F401
-            import vaderSentiment  # noqa: F401
-            import wordsegment  # noqa: F401
-        except ImportError as exc:
+        # looked for, not imported: TextBlob imports NLTK and SciPy (~1.5 s), which the first encoding does,
+        # beside the image encoder, instead of a prediction's start-up
+        missing = [p for p in ("textblob", "vaderSentiment", "wordsegment") if importlib.util.find_spec(p) is None]
+        if missing:
             raise WeightsNotFoundError(
-                f"encoder 'lexicon' needs the package {exc.name}: pip install textblob vaderSentiment wordsegment"
-            ) from None
+                f"encoder 'lexicon' needs the package {missing[0]}: pip install textblob vaderSentiment wordsegment"
+            )
         self.dim = len(FEATURES)
 
     @cached_property

@@ -48,30 +48,44 @@ class MiniLMEncoder(TextEncoder):
 
     def __init__(
         self, name_or_path: str | None = None, pretrained: bool = True, max_length: int = 128,
-        trainable_layers: int | None = None,
+        trainable_layers: int | None = None, defer_network: bool = False,
     ):
-        """trainable_layers: fine-tune only the top N transformer layers (the embeddings and the rest stay frozen)."""
+        """trainable_layers: fine-tune only the top N transformer layers (the embeddings and the rest stay frozen).
+
+        defer_network: build the transformer on first use only (see Encoder.ensure_network).
+        """
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         path = Path(name_or_path) if name_or_path else bundled_minilm_path()
         if not path.exists():
             raise WeightsNotFoundError(f"encoder 'minilm': no model folder at {path}")
         with quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            if pretrained:
-                self.model = AutoModel.from_pretrained(str(path))
-            else:
-                self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+            self.model_config = AutoConfig.from_pretrained(str(path))
         self.source = str(path)
         self.pretrained = pretrained
         self.max_length = max_length
-        self.dim = int(self.model.config.hidden_size)
+        self.trainable_layers = trainable_layers
+        self.dim = int(self.model_config.hidden_size)
         self.token_dim = self.dim
-        if trainable_layers is not None:
-            self.freeze_below(trainable_layers)
         weights = path / "model.safetensors"
         self._weights_id = f"{weights.stat().st_size}" if weights.exists() else "unknown"
+        if defer_network:
+            self._network_deferred = True
+        else:
+            self.build_network()
+
+    def build_network(self) -> None:
+        from transformers import AutoModel  # imports the BERT code: ~2 s and ~200 MB, so only when needed
+
+        with quiet_transformers():
+            if self.pretrained:
+                self.model = AutoModel.from_pretrained(self.source)
+            else:
+                self.model = AutoModel.from_config(self.model_config)
+        if self.trainable_layers is not None:
+            self.freeze_below(self.trainable_layers)
 
     def freeze_below(self, trainable_layers: int) -> None:
         """Only the top `trainable_layers` transformer layers keep requires_grad (fine-tune mode trains those)."""

@@ -42,9 +42,14 @@ class NamedForward(torch.nn.Module):
         return self.encoder(named[IMAGES] if self.names == [IMAGES] else named)  # (B, dim)
 
 
+def export_key(encoder: Encoder) -> str:
+    """What an export of this encoder is an export of: its features' fingerprint and the export recipe."""
+    return f"{encoder.cache_fingerprint()}|{EXPORT_RECIPE}"
+
+
 def export_path(encoder: Encoder, cache_root: Path) -> Path:
     """Where the export of this encoder lives: keyed like its features (name, weights, preprocessing)."""
-    return Path(cache_root) / "onnx" / f"{entry_name(encoder.cache_fingerprint() + '|' + EXPORT_RECIPE)}.onnx"
+    return Path(cache_root) / "onnx" / f"{entry_name(export_key(encoder))}.onnx"
 
 
 def dynamic_axes(named: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
@@ -64,6 +69,7 @@ def export(encoder: Encoder, path: Path) -> None:
     os.close(fd)
     try:
         trace_to_onnx(NamedForward(encoder, list(named)).eval(), named, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would follow the file into run folders (hard links) that others read
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -145,6 +151,15 @@ def checked_forward(encoder: Encoder, path: Path, threads: int) -> OnnxForward:
         raise ExportFailed(f"its ONNX export differs from torch by {difference:.1e} on the probe batch "
                            f"(more than {MAX_ABS_DIFF:.0e})")
     return forward
+
+
+def bundled_forward(encoder: Encoder, path: Path, threads: int) -> OnnxForward:
+    """A session of the export that a run folder carries: checked against torch when the run was written, and
+    its bytes against the run's record when the run was loaded, so torch is not needed (nor built) here."""
+    try:
+        return OnnxForward(encoder, open_session(path, threads), path)
+    except Exception as exc:  # onnxruntime raises its own types for a graph it cannot load
+        raise ExportFailed(f"ONNX Runtime cannot run the run's export ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def verified_onnx_forward(encoder: Encoder, cache_root: Path, threads: int) -> OnnxForward:

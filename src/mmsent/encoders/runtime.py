@@ -8,6 +8,8 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +30,14 @@ class Forward(Protocol):
     def __call__(self, batch: Any) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class BundledExport:
+    """A verified export that a run folder carries for one of its encoders (set as `encoder.bundled_export`)."""
+
+    key: str  # onnx_export.export_key of the encoder it was exported from
+    path: Path
+
+
 class TorchForward:
     """The encoder in torch: inference mode, and convolutional networks in the channels_last layout.
 
@@ -39,14 +49,24 @@ class TorchForward:
 
     def __init__(self, encoder: Encoder):
         self.encoder = encoder
+        encoder.ensure_network()
         if encoder.convolutional:
             encoder.to(memory_format=torch.channels_last)
 
-    def __call__(self, batch: Any) -> np.ndarray:
+    def _layout(self, batch: Any) -> Any:
         if self.encoder.convolutional and isinstance(batch, torch.Tensor) and batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), stored as (B, H, W, 3)
+            return batch.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), stored as (B, H, W, 3)
+        return batch
+
+    def __call__(self, batch: Any) -> np.ndarray:
         with torch.inference_mode():
-            return self.encoder(batch).float().cpu().numpy()  # (B, dim)
+            return self.encoder(self._layout(batch)).float().cpu().numpy()  # (B, dim)
+
+    def tokens(self, batch: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Token features (B, T, D_tok) float32 and their mask (B, T) bool."""
+        with torch.inference_mode():
+            tokens, mask = self.encoder.forward_tokens(self._layout(batch))
+            return tokens.float().cpu().numpy(), mask.bool().cpu().numpy()
 
 
 def available_cores() -> int:
@@ -123,6 +143,15 @@ def frozen_forward(encoder: Encoder, cfg: Config, threads: int) -> Forward:
     return chosen[key]
 
 
+def chosen_onnx_path(encoder: Encoder, cfg: Config) -> Path | None:
+    """The export file of an ONNX forward that frozen_forward chose for the encoder under cfg's backend, with
+    any thread count (so already checked in this process); None if it chose none."""
+    for (backend, fingerprint, _threads), forward in encoder.__dict__.get("_frozen_forwards", {}).items():
+        if backend == cfg.runtime.backend and fingerprint == encoder.cache_fingerprint() and forward.backend == "onnx":
+            return forward.path
+    return None
+
+
 def choose_forward(encoder: Encoder, cfg: Config, threads: int) -> Forward:
     """ONNX Runtime where the backend allows it and the export verifies; torch otherwise (with a note)."""
     backend = cfg.runtime.backend
@@ -133,8 +162,14 @@ def choose_forward(encoder: Encoder, cfg: Config, threads: int) -> Forward:
             raise MmsentError("runtime.backend=onnx needs ONNX Runtime: pip install onnxruntime onnx "
                               "(or set runtime.backend=auto or torch)")
         return TorchForward(encoder)
-    from mmsent.encoders.onnx_export import ExportFailed, verified_onnx_forward
+    from mmsent.encoders.onnx_export import ExportFailed, bundled_forward, export_key, verified_onnx_forward
 
+    bundled: BundledExport | None = encoder.__dict__.get("bundled_export")
+    if bundled is not None and bundled.key == export_key(encoder):
+        try:
+            return bundled_forward(encoder, bundled.path, threads)
+        except ExportFailed as exc:
+            note_once(f"encoder {encoder.name!r}: {exc}; it is exported anew")
     try:
         return verified_onnx_forward(encoder, cfg.cache_path(), threads)
     except ExportFailed as exc:

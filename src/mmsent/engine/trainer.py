@@ -142,6 +142,13 @@ def lbfgs_closure(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: to
     return closure
 
 
+def training_loss(model: nn.Module, loss_fn: nn.Module, inputs, y: torch.Tensor) -> torch.Tensor:
+    """The loss a training step minimises: the model's own `training_loss` if it has one (auxiliary losses),
+    else loss_fn on its logits."""
+    own = getattr(model, "training_loss", None)
+    return own(inputs, y, loss_fn) if own is not None else loss_fn(model(inputs), y)
+
+
 def fit(
     model: nn.Module,
     train_batches: Iterable[Batch],
@@ -200,7 +207,7 @@ def fit(
                 steps_taken += 1
             elif accelerator is None:
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(inputs), y)
+                loss = training_loss(model, loss_fn, inputs, y)
                 loss.backward()
                 optimizer.step()
                 steps_taken += 1

@@ -43,9 +43,16 @@ class ConcatHead(nn.Module):
         self.inputs = nn.Sequential(*input_block(total, layernorm, dropout))
         self.mlp = mlp(total, hidden_dim, num_classes, dropout, layers)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_features(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fused hidden representation before the output layer: (B, hidden_dim)."""
         fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
-        return self.mlp(self.inputs(fused))  # (B, C)
+        return self.mlp[:-1](self.inputs(fused))
+
+    def forward_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp[-1](hidden)  # (B, C)
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward_head(self.forward_features(features))
 
 
 @register_head("ln")
