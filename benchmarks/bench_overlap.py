@@ -1,14 +1,15 @@
 """Where a prediction's time goes on a small machine: loading a run, and encoding with the image and text encoders
 at once, each with half the cores' threads (the default) or with all of them.
 
-Usage: python benchmarks/bench_overlap.py --run RUN --data ../shared/mvsa [--posts 1000] [--rounds 2]
+Usage: python benchmarks/bench_overlap.py --run RUN --data ../shared/mvsa [--posts 1000] [--rounds 2] [--out FILE]
 
 Each measurement runs in a child process of its own with an empty feature cache: `load` is load_run (its
 seconds and the resident memory after it); `half` and `all` predict the first --posts posts of train.txt
 with runtime.threads unset (each of the two overlapped encoders gets half the cores) or set to every core
 (each gets all of them). Wall seconds and the process's CPU seconds of the prediction alone. The machine is
 shared, so the variants alternate within each round; compare them within one run. Results: a Markdown table
-on stdout and benchmarks/results/overlap.json.
+on stdout and benchmarks/results/overlap.json (or --out). The code measured is the mmsent that Python
+imports: PYTHONPATH=OTHER/src measures other code (`all` then means what that code does by default).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/mvsa"))
     parser.add_argument("--posts", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", choices=["load", "half", "all"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -86,8 +88,8 @@ def main() -> None:
         rows = results[variant]
         print(f"| {label} | {rows[0]['posts']} | {' / '.join(str(r['wall_seconds']) for r in rows)} | "
               f"{' / '.join(str(r['cpu_seconds']) for r in rows)} |")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"run": str(args.run), "posts": args.posts, "cores": os.cpu_count(),
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"run": str(args.run), "posts": args.posts, "cores": os.cpu_count(),
                                    "results": results}, indent=2) + "\n")
 
 

@@ -134,14 +134,21 @@ def test_auxiliary_losses_train_beside_the_head_and_are_not_saved(dataset, tmp_p
 
     common = ["--data", str(dataset), "--quiet", "--preset", "mlp", "--set", "model.encoders=[vader,efficientnet_lite0]",
               "--set", "train.epochs=3", "--set", f"train.ensemble={ensemble}", "--set", "runtime.num_workers=0"]
-    plain, aux = tmp_path / "plain", tmp_path / "aux"
-    assert main(["train", "--out", str(plain), *common]) == 0
-    assert main(["train", "--out", str(aux), *common, "--set", "train.unimodal_loss=0.5",
-                 "--set", "train.supcon_loss=0.2"]) == 0
-    assert set(load_file(str(aux / "model.safetensors"))) == set(load_file(str(plain / "model.safetensors")))
-    loss = {run: [line.split(",")[1] for line in (run / "history.csv").read_text().splitlines()[1:]] for run in (plain, aux)}
-    assert loss[plain] != loss[aux]  # the training loss is another one...
-    assert load_run(aux).predict_proba(load_dataset(dataset).test, quiet=True).shape[1] == 3  # ...the model the same kind
+    runs = {"plain": [], "unimodal_0.3": ["train.unimodal_loss=0.3"], "unimodal_1": ["train.unimodal_loss=1"],
+            "supcon": ["train.supcon_loss=0.2"]}
+    weights = {}
+    for name, settings in runs.items():
+        out = tmp_path / name
+        assert main(["train", "--out", str(out), *common, *[a for s in settings for a in ("--set", s)]]) == 0
+        weights[name] = load_file(str(out / "model.safetensors"))
+    assert all(set(w) == set(weights["plain"]) for w in weights.values())  # the saved model is the head alone...
+    # ...and each loss, at each weight, changes what the head learns (the auxiliary terms reach its weights)
+    names = list(runs)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a] if k.startswith("heads.")), (a, b)
+    aux = tmp_path / "unimodal_1"
+    assert load_run(aux).predict_proba(load_dataset(dataset).test, quiet=True).shape[1] == 3
     assert json.loads((aux / "metrics.json").read_text())["n_train"] > 0
 
 

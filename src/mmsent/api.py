@@ -36,6 +36,7 @@ from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
 from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim, verified_export_path
 from mmsent.encoders.runtime import (
+    BULK_POSTS,
     BundledExport,
     available_cores,
     loader_processes,
@@ -120,7 +121,7 @@ def extract_features(
     if images and others and overlaps_encoders(cfg):
         # the text encoders' Python (lexicon, VADER, tokenising) runs while ONNX Runtime encodes the images
         # in this worker thread, which leaves the GIL: otherwise one of two cores idles through either
-        shared = overlapped_config(cfg)
+        shared = overlapped_config(cfg, len(records))
         with ThreadPoolExecutor(1, thread_name_prefix="mmsent-images") as pool:
             image_job = pool.submit(encode, images, shared)
             encode(others, shared)
@@ -145,13 +146,15 @@ def overlaps_encoders(cfg: Config) -> bool:
     return cfg.runtime.backend != "torch" and loader_processes(cfg) == 0 and not distributed.launched()
 
 
-def overlapped_config(cfg: Config) -> Config:
-    """The config of two encoders encoding at once: unless runtime.threads says otherwise, each gets half the cores.
+def overlapped_config(cfg: Config, posts: int) -> Config:
+    """The config of two encoders encoding `posts` at once: unless runtime.threads says otherwise, each gets
+    half the cores when there are many posts, and all of them when there are few.
 
-    With all the cores each, they wait on each other's threads: 1,000 posts on 2 cores took 18.1 s and 34.7
-    CPU-seconds with two threads each, 15.3 s and 27.1 CPU-seconds with one each.
+    Many posts: with all the cores each, they wait on each other's threads (1,000 posts on 2 cores, see
+    benchmarks/bench_overlap.py). A few (a service's batch): the text side ends long before the images,
+    which then want every core (with half of them, benchmarks/load_test.py served one client fewer posts).
     """
-    if cfg.runtime.threads:
+    if cfg.runtime.threads or posts < BULK_POSTS:
         return cfg
     return cfg.with_values({"runtime.threads": max(1, available_cores() // 2)})
 

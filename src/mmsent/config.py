@@ -105,8 +105,8 @@ class TrainConfig(_Section):
     class_weights: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # auxiliary losses while a head trains (frozen mode, adamw; the saved model is the head alone):
-    # unimodal_loss weights the cross-entropy of one linear classifier per modality on its own features;
-    # supcon_loss weights a supervised contrastive loss on the head's hidden layer (concat-family heads)
+    # unimodal_loss weights the cross-entropy of the head's predictions from each modality alone (the
+    # others blanked); supcon_loss a supervised contrastive loss on its hidden layer (concat-family heads)
     unimodal_loss: float = Field(0.0, ge=0.0)
     supcon_loss: float = Field(0.0, ge=0.0)
     supcon_temperature: float = Field(0.1, gt=0.0)

@@ -191,8 +191,10 @@ class HeadView(nn.Module):
 class AuxiliaryLosses(nn.Module):
     """A head in training with auxiliary losses beside its own; the head alone is kept once it has trained.
 
-    `unimodal`: one linear classifier per pooled modality on that modality's standardised features, whose
-    mean cross-entropy, times the weight, joins the loss (each modality must predict the tag on its own).
+    `unimodal`: the head also predicts from each modality alone (the others blanked to their training mean,
+    as modality ablation does), and the mean cross-entropy of those predictions, times the weight, joins the
+    loss: every modality must carry the tag through the head's own weights. (Separate classifiers on frozen
+    features would share no weight with the head and change nothing it learns.)
     `supcon`: a supervised contrastive loss on the head's hidden layer (heads with forward_features).
     `trained` is the FusionClassifier (one head) or a HeadView (a member of the cross-fitted ensemble).
     """
@@ -208,31 +210,39 @@ class AuxiliaryLosses(nn.Module):
             raise ValueError(f"train.supcon_loss needs a head with a hidden layer (concat, ln, mlp), not "
                              f"{type(self.head).__name__}")
         self.unimodal, self.supcon, self.temperature = unimodal, supcon, temperature
-        pooled = {m: d for m, d in classifier.modality_dims.items() if unimodal
-                  and not any(classifier.encoder_modalities[n] == m for n in classifier.token_encoders)}
-        self.unimodal_heads = nn.ModuleDict({m: nn.Linear(d, len(LABELS)) for m, d in pooled.items()})
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.trained(features)
 
+    def _logits(self, groups: dict) -> torch.Tensor:
+        logits = self.head(groups)  # (B, C)
+        # the single head's decision is part of its logits, as in FusionClassifier.forward
+        return self.classifier.decide(logits) if isinstance(self.trained, FusionClassifier) else logits
+
     def training_loss(self, features: dict[str, torch.Tensor], y: torch.Tensor, loss_fn: nn.Module) -> torch.Tensor:
         from mmsent.engine.losses import supervised_contrastive_loss
 
-        groups = self.classifier.group_by_modality(features)  # {modality: (B, D_m)}, standardised
+        groups = self.classifier.group_by_modality(features)  # {modality: (B, D_m) or (tokens, mask)}, standardised
         if self.supcon:
             hidden = self.head.forward_features(groups)  # (B, H)
             logits = self.head.forward_head(hidden)
+            if isinstance(self.trained, FusionClassifier):
+                logits = self.classifier.decide(logits)
+            loss = loss_fn(logits, y) + self.supcon * supervised_contrastive_loss(hidden, y, self.temperature)
         else:
-            hidden, logits = None, self.head(groups)
-        if isinstance(self.trained, FusionClassifier):  # the single head's decision is part of its logits
-            logits = self.trained.decide(logits)
-        loss = loss_fn(logits, y)
-        if self.unimodal_heads:
-            unimodal = [loss_fn(head(groups[m]), y) for m, head in self.unimodal_heads.items()]
-            loss = loss + self.unimodal * torch.stack(unimodal).mean()
-        if hidden is not None:
-            loss = loss + self.supcon * supervised_contrastive_loss(hidden, y, self.temperature)
+            loss = loss_fn(self._logits(groups), y)
+        if self.unimodal and len(groups) > 1:
+            alone = [loss_fn(self._logits({m: v if m == kept else _blanked(v) for m, v in groups.items()}), y)
+                     for kept in groups]
+            loss = loss + self.unimodal * torch.stack(alone).mean()
         return loss
+
+
+def _blanked(value: torch.Tensor | tuple) -> torch.Tensor | tuple:
+    """A standardised modality input at its training mean: zeros (token inputs keep their mask)."""
+    if isinstance(value, tuple):
+        return torch.zeros_like(value[0]), value[1]
+    return torch.zeros_like(value)
 
 
 def with_auxiliary_losses(trained: nn.Module, classifier: FusionClassifier, unimodal: float, supcon: float,

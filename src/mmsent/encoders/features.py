@@ -20,6 +20,7 @@ from mmsent.data.records import Record
 from mmsent.encoders.base import Encoder
 from mmsent.encoders.cache import FeatureCache
 from mmsent.encoders.runtime import (
+    BULK_POSTS,
     Forward,
     TorchForward,
     chosen_onnx_path,
@@ -228,8 +229,10 @@ def _compute_into(
     with torch_threads(inference_threads(cfg, loader.num_workers)), bar:
         # token features always run in torch: they are encoded once into the cache, so no export pays off
         forward = TorchForward(encoder).tokens if tokens else prepare_inference(encoder, cfg)
-        # image decoding in a thread beside the network, where no loader processes do it
-        batches = prefetched(loader) if encoder.modality == "image" and loader.num_workers == 0 else loader
+        # image decoding in a thread beside the network, where no loader processes do it (bulk jobs only: for a
+        # few posts the thread costs more than it overlaps)
+        ahead = encoder.modality == "image" and loader.num_workers == 0 and len(records) >= BULK_POSTS
+        batches = prefetched(loader) if ahead else loader
         for batch in batches:
             good = [(i, item) for i, item, problem in batch if problem is None]
             problems += [problem for _, _, problem in batch if problem is not None]

@@ -20,6 +20,9 @@ from mmsent.encoders.base import Encoder
 from mmsent.errors import MmsentError
 
 _NOTED: set[str] = set()  # notes already printed by this process
+# from this many posts on, encoding is a bulk job: throughput first (two encoders at once each get half the
+# cores, images are decoded a batch ahead in a thread); below it (a service's batch), latency first
+BULK_POSTS = 64
 
 
 class Forward(Protocol):
