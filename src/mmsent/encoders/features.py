@@ -136,7 +136,7 @@ def encode_tokens(
 ) -> tuple[np.ndarray, np.ndarray, EncodeStats]:
     """Token features (N, T, D_tok) zero-padded to the longest and masks (N, T), through the token cache.
 
-    The cache keeps each item's valid tokens in float16 (MiniLM's word pieces, EfficientNet's 49 patches),
+    The cache keeps each item's valid tokens in float16 (MiniLM's word pieces, EfficientNet's feature-map cells),
     so cross-validating a token-level head encodes each post once, not once per fold.
     """
     cache = FeatureCache.open(cache_root, f"{encoder.cache_fingerprint()}|{TOKENS}")
