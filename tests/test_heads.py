@@ -155,3 +155,12 @@ def test_auxiliary_losses_train_beside_the_head_and_are_not_saved(dataset, tmp_p
 def test_auxiliary_losses_need_mini_batches():
     with pytest.raises(ConfigError, match="need train.mode=frozen and train.optimizer=adamw"):
         load_config(None, ["train.unimodal_loss=0.5"])  # the default trains with L-BFGS
+
+
+def test_supcon_on_a_head_without_a_hidden_layer_is_a_clear_error(dataset, tmp_path):
+    from mmsent.cli import main
+
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--quiet", "--preset", "mlp",
+                 "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "model.head=late",
+                 "--set", "train.supcon_loss=0.1", "--set", "runtime.num_workers=0"])
+    assert code == 2 and not (tmp_path / "run").exists()

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmsent import LABELS
+from mmsent.errors import ConfigError
 from mmsent.heads import create_head
 
 
@@ -207,32 +208,28 @@ class AuxiliaryLosses(nn.Module):
         object.__setattr__(self, "classifier", classifier)
         object.__setattr__(self, "head", trained.head if isinstance(trained, HeadView) else classifier.heads[0])
         if supcon and not hasattr(self.head, "forward_features"):
-            raise ValueError(f"train.supcon_loss needs a head with a hidden layer (concat, ln, mlp), not "
-                             f"{type(self.head).__name__}")
+            raise ConfigError(f"train.supcon_loss needs a head with a hidden layer (concat, ln or mlp), not "
+                              f"{type(self.head).__name__}; set model.head or train.supcon_loss=0")
         self.unimodal, self.supcon, self.temperature = unimodal, supcon, temperature
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.trained(features)
 
-    def _logits(self, groups: dict) -> torch.Tensor:
-        logits = self.head(groups)  # (B, C)
-        # the single head's decision is part of its logits, as in FusionClassifier.forward
+    def _decided(self, logits: torch.Tensor) -> torch.Tensor:
+        """The single head's decision is part of its logits, as in FusionClassifier.forward; a member's is not."""
         return self.classifier.decide(logits) if isinstance(self.trained, FusionClassifier) else logits
 
     def training_loss(self, features: dict[str, torch.Tensor], y: torch.Tensor, loss_fn: nn.Module) -> torch.Tensor:
         from mmsent.engine.losses import supervised_contrastive_loss
 
         groups = self.classifier.group_by_modality(features)  # {modality: (B, D_m) or (tokens, mask)}, standardised
-        if self.supcon:
-            hidden = self.head.forward_features(groups)  # (B, H)
-            logits = self.head.forward_head(hidden)
-            if isinstance(self.trained, FusionClassifier):
-                logits = self.classifier.decide(logits)
-            loss = loss_fn(logits, y) + self.supcon * supervised_contrastive_loss(hidden, y, self.temperature)
-        else:
-            loss = loss_fn(self._logits(groups), y)
+        hidden = self.head.forward_features(groups) if self.supcon else None  # (B, H)
+        logits = self.head.forward_head(hidden) if hidden is not None else self.head(groups)  # (B, C)
+        loss = loss_fn(self._decided(logits), y)
+        if hidden is not None:
+            loss = loss + self.supcon * supervised_contrastive_loss(hidden, y, self.temperature)
         if self.unimodal and len(groups) > 1:
-            alone = [loss_fn(self._logits({m: v if m == kept else _blanked(v) for m, v in groups.items()}), y)
+            alone = [loss_fn(self._decided(self.head({m: v if m == kept else _blanked(v) for m, v in groups.items()})), y)
                      for kept in groups]
             loss = loss + self.unimodal * torch.stack(alone).mean()
         return loss
