@@ -294,3 +294,33 @@ def test_a_damaged_export_in_a_run_is_refused(tmp_path: Path):
     with pytest.raises(MmsentError, match="SHA-256 does not match"):
         load_run(run)
     assert load_run(run, backend="torch").predict_proba(load_dataset(data).test, quiet=True) is not None
+
+
+def test_predicting_from_a_run_with_exports_imports_no_model_code(tmp_path: Path):
+    """A fresh process predicts from the run's exports without transformers' BERT code, torchvision or TextBlob
+    being imported before the lexicon needs it: the start-up that `predict` and `serve` save."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "ds", per_class=6, n_test=4)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--quiet", "--set", "model.encoders=[minilm,efficientnet_lite0]",
+                 "--set", "train.ensemble=2", "--set", f"runtime.cache_dir={tmp_path / 'cache'}"]) == 0
+    script = f"""
+import sys
+from pathlib import Path
+from mmsent.api import load_run
+from mmsent.data.records import load_dataset
+run = load_run(Path({str(run)!r}))
+probs = run.predict_proba(load_dataset(Path({str(data)!r})).test, quiet=True)
+assert probs.shape == (4, 3), probs.shape
+heavy = [m for m in ("transformers.models.bert.modeling_bert", "torchvision") if m in sys.modules]
+print("HEAVY", heavy)
+"""
+    env = {**os.environ, "MMSENT_CACHE": str(tmp_path / "empty-cache")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout
