@@ -34,6 +34,8 @@ def rss_mb() -> int:
 
 def child_main(args: argparse.Namespace) -> None:
     """In the child: one measurement, printed as JSON."""
+    from bench_run import first_guids  # beside this script: python puts its folder first on the path
+
     from mmsent import api
     from mmsent.data.records import load_records
 
@@ -41,9 +43,7 @@ def child_main(args: argparse.Namespace) -> None:
     run = api.load_run(args.run)
     out = {"load_seconds": round(time.perf_counter() - t0, 2), "rss_after_load_mb": rss_mb()}
     if args.variant != "load":
-        header, *lines = (args.data / "train.txt").read_text().splitlines()[: args.posts + 1]
-        guids = Path(tempfile.mkdtemp()) / "guids.txt"
-        guids.write_text("guid,tag\n" + "".join(f"{line.split(',')[0]},null\n" for line in lines))
+        guids = first_guids(args.data, args.posts, Path(tempfile.mkdtemp()) / "guids.txt")
         records, _ = load_records(args.data, guids, False, run.cfg.data.max_image_pixels)
         threads = os.cpu_count() if args.variant == "all" else None
         run.cfg = run.cfg.with_values({"runtime.threads": threads, "runtime.cache_dir": tempfile.mkdtemp()})

@@ -41,7 +41,7 @@ from mmsent.encoders.runtime import (
     available_cores,
     loader_processes,
     note_once,
-    onnxruntime_installed,
+    onnx_possible,
     torch_threads,
 )
 from mmsent.engine.decision import fit_decision
@@ -388,7 +388,7 @@ def _write_run(
 def verified_exports(model: MultimodalModel, cfg: Config) -> dict[str, tuple[str, Path]]:
     """{encoder: (export key, file)} of the frozen encoders that ONNX Runtime runs under cfg, exported and checked
     against torch now if no encoding did it yet (a warm run); token-level inputs stay in torch."""
-    if cfg.runtime.backend == "torch" or not onnxruntime_installed():
+    if not onnx_possible(cfg):
         return {}
     from mmsent.encoders.onnx_export import export_key
 
@@ -624,7 +624,7 @@ def _load_run(folder: RunFolder, backend: str | None = None) -> LoadedRun:
         raise MmsentError(f"{folder.path}: checkpoint labels {spec['labels']} differ from {list(LABELS)}")
     tuned = folder.encoder_weights()
     apply_runtime(cfg)
-    exports = folder.exports() if cfg.runtime.backend != "torch" and onnxruntime_installed() else {}
+    exports = folder.exports() if onnx_possible(cfg) else {}
     # fine-tuned weights replace the named ones, so those need not be available again; encoders whose export
     # the run carries build their torch network only if something needs it (a fine-tuned one needs its weights)
     model, _ = create_model(cfg, encoder_state=spec.get("encoder_state", {}),

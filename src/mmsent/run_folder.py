@@ -146,27 +146,29 @@ class RunFolder:
 
     def read_bytes(self, name: str) -> bytes:
         """A file of the run, verified against the digest the marker recorded."""
-        entry = self.marker.get("files", {}).get(name)
         try:
             data = (self.path / name).read_bytes()
         except FileNotFoundError:
             self._changed_or_damaged(name, "is missing")
-        if entry is not None and _sha256(data) != entry["sha256"]:
-            self._changed_or_damaged(name, "differs from what the run recorded (its SHA-256 does not match)")
+        self._check_digest(name, _sha256(data))
         return data
+
+    def _check_digest(self, name: str, digest: str) -> None:
+        """Refuse a file whose SHA-256 differs from the one the marker recorded (if it recorded the file)."""
+        entry = self.marker.get("files", {}).get(name)
+        if entry is not None and digest != entry["sha256"]:
+            self._changed_or_damaged(name, "differs from what the run recorded (its SHA-256 does not match)")
 
     def verified_file(self, name: str) -> Path:
         """The path of a file of the run, its content checked against the marker (for files read by path)."""
-        entry = self.marker.get("files", {}).get(name)
         path = self.path / name
-        if entry is None:
+        if not self.has(name):
             raise MmsentError(f"{path} is not a file of the run; {_redo_hint(self.path)}")
         try:
             digest = _file_sha256(path)
         except FileNotFoundError:
             self._changed_or_damaged(name, "is missing")
-        if digest != entry["sha256"]:
-            self._changed_or_damaged(name, "differs from what the run recorded (its SHA-256 does not match)")
+        self._check_digest(name, digest)
         return path
 
     def exports(self) -> dict[str, dict[str, str]]:

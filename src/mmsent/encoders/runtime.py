@@ -133,6 +133,12 @@ def onnxruntime_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def onnx_possible(cfg: Config) -> bool:
+    """Whether frozen encoders may run in ONNX Runtime under cfg: a backend other than torch, and ONNX Runtime
+    installed (choose_forward decides per encoder)."""
+    return cfg.runtime.backend != "torch" and onnxruntime_installed()
+
+
 def frozen_forward(encoder: Encoder, cfg: Config, threads: int) -> Forward:
     """The forward that runs the encoder's frozen inference under runtime.backend; chosen once per encoder.
 
