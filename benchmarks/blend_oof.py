@@ -3,8 +3,8 @@
 Usage: python benchmarks/blend_oof.py --data ../shared/mvsa --a runs/cv-models/candidates/best
        --b runs/cv-finetune/candidates/minilm_top2_finetuned [--weights 0.1,0.2,0.3,0.5]
 
-Both cv runs must have used the same folds (folds, repeats and seed in their experiment.json, and the
-same data). For each weight w the held-out probabilities are blended, (1 - w) * A + w * B, and each fold
+Both cv runs must have used the same folds (folds and seed in their experiment.json, and the same data);
+with different repeats, the repeats both ran are compared. For each weight w the held-out probabilities are blended, (1 - w) * A + w * B, and each fold
 is scored by argmax; differences to A alone are paired by fold, with the corrected resampled t interval
 of `mmsent cv`. No model is trained: it costs seconds, and says whether building the blend is worth it.
 """
@@ -47,11 +47,13 @@ def main() -> None:
     parser.add_argument("--weights", default="0.1,0.2,0.3,0.5")
     args = parser.parse_args()
 
-    settings = fold_settings(args.a)
-    if fold_settings(args.b) != settings:
-        raise SystemExit(f"the two cv runs used other folds: {settings} and {fold_settings(args.b)}")
+    (k, repeats_a, seed), (k_b, repeats_b, seed_b) = fold_settings(args.a), fold_settings(args.b)
+    if (k, seed) != (k_b, seed_b):
+        raise SystemExit(f"the two cv runs used other folds: {k} folds from seed {seed}, and {k_b} from seed {seed_b}")
+    # repeat r's folds come from seed + r alone, so runs with more and fewer repeats share their first ones
+    repeats = min(repeats_a, repeats_b)
     records = load_training_data(args.data, Config()).train
-    folds = make_folds(records, *settings)
+    folds = make_folds(records, k, repeats, seed)
     a, b = oof_probabilities(args.a), oof_probabilities(args.b)
     ratio = len(folds[0].held_out) / len(folds[0].train)
 
@@ -67,7 +69,7 @@ def main() -> None:
         return out
 
     reference = scores(0.0)
-    print(f"A = {args.a}, B = {args.b}, {len(folds)} folds\n")
+    print(f"A = {args.a}, B = {args.b}, {len(folds)} folds ({k} x {repeats} repeats)\n")
     print("| weight of B | macro-F1 [95% CI] | accuracy [95% CI] | Δ macro-F1 vs A [95% CI] | Δ accuracy vs A [95% CI] |")
     print("|---|---|---|---|---|")
     for w in [0.0] + [float(x) for x in args.weights.split(",")]:

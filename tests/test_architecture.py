@@ -15,7 +15,7 @@ SRC = Path(mmsent.__file__).parent
 LAYERS = [
     ("mmsent.reporting.plots", 0), ("mmsent.reporting.experiment_plots", 0), ("mmsent.reporting.error_plots", 0),
     ("mmsent.errors", 0), ("mmsent.distributed", 0), ("mmsent.files", 0), ("mmsent.config", 0), ("mmsent.tables", 0),
-    ("mmsent.presets", 0), ("mmsent.stats", 0), ("mmsent.progress", 0),
+    ("mmsent.presets", 0), ("mmsent.stats", 0), ("mmsent.progress", 0), ("mmsent.allocator", 0),
     ("mmsent.data", 1),
     ("mmsent.run_folder", 2), ("mmsent.heldout", 2),
     ("mmsent.encoders", 3), ("mmsent.heads", 3),

@@ -1,6 +1,7 @@
 """The command contract end to end: train, evaluate, predict, run, data check; user errors exit 2."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,12 @@ def test_finetune_one_encoder_with_the_others_cached(dataset: Path, tmp_path: Pa
     assert main(["predict", "--run", str(out), "--data", str(dataset), "--guids",
                  str(dataset / "test_without_label.txt"), "--out", str(pred), "--quiet"]) == 0
     assert metrics["n_val"] > 0 and len(pred.read_text().splitlines()) == 7
+
+
+def test_commands_fix_the_allocators_mmap_threshold_where_glibc_allows():
+    import platform
+
+    from mmsent.allocator import return_large_blocks
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert return_large_blocks() is glibc  # elsewhere: nothing changes, no error

@@ -42,6 +42,23 @@ def test_efficientnet_lite0_features():
     assert out.shape == (2, 1280)
 
 
+def test_efficientnet_trains_only_its_last_blocks_with_frozen_batch_norm():
+    enc = create_encoder("efficientnet_lite0", pretrained=False, trainable_blocks=1, defer_network=True)
+    enc.train()  # the network is built on first use, under the encoder's own train() rules
+    last, head = enc.model._blocks[-1], enc.model._conv_head
+    trained = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("model._blocks.15.", "model._conv_head.", "model._bn1.")) for n in trained)
+    assert all(p.requires_grad for p in [*last.parameters(), *head.parameters()])
+    assert not any(m.training for m in enc.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not enc.model._blocks[-2].training and last.training and enc.training
+    before = enc.model._bn1.running_mean.clone()
+    enc(torch.rand(2, 3, 224, 224)).sum().backward()
+    assert torch.equal(before, enc.model._bn1.running_mean)  # statistics untouched by a training step
+    assert enc.model._blocks[0]._depthwise_conv.weight.grad is None and last._project_conv.weight.grad is not None
+    with pytest.raises(ConfigError, match="trainable_blocks must be 0 to 16"):
+        create_encoder("efficientnet_lite0", pretrained=False, trainable_blocks=17)
+
+
 def test_missing_weights_is_a_clear_message(tmp_path: Path):
     with pytest.raises(WeightsNotFoundError, match="no weights file"):
         create_encoder("efficientnet_lite0", weights_path=str(tmp_path / "none.pth"))

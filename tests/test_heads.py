@@ -164,3 +164,29 @@ def test_supcon_on_a_head_without_a_hidden_layer_is_a_clear_error(dataset, tmp_p
                  "--set", "model.encoders=[vader,efficientnet_lite0]", "--set", "model.head=late",
                  "--set", "train.supcon_loss=0.1", "--set", "runtime.num_workers=0"])
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_feature_batches_over_chosen_rows_join_into_the_full_batch_in_epoch_order():
+    from mmsent.engine.trainer import FeatureBatches, full_batch
+
+    x, y = np.arange(40, dtype=np.float32).reshape(20, 2), np.arange(20) % 3
+    rows = np.array([3, 5, 7, 11, 13, 17, 19])
+    batches, twin = (FeatureBatches({"f": x}, y, 3, shuffle=True, seed=4, rows=rows) for _ in range(2))
+    joined = torch.cat([b["f"] for b, _ in list(batches)])
+    features, labels = full_batch(twin)  # one copy, the same rows in the same order as an epoch's batches
+    assert torch.equal(features["f"], joined) and sorted(features["f"][:, 0].tolist()) == (rows * 2).tolist()
+    assert torch.equal(labels, torch.from_numpy(y)[features["f"][:, 0].long() // 2])
+    assert len(batches) == 3
+
+
+def test_a_linear_head_prepares_its_joined_inputs_once_for_lbfgs():
+    from mmsent.engine.trainer import fixed_inputs
+    from mmsent.model import FusionClassifier
+
+    clf = FusionClassifier({"t": 4, "i": 3}, {"t": "text", "i": "image"}, "linear", {}, num_heads=2)
+    feats = {"t": torch.randn(6, 4), "i": torch.randn(6, 3)}
+    clf.fit_scaler({k: v.numpy() for k, v in feats.items()})
+    member = clf.member(1)
+    forward, prepared = fixed_inputs(member, feats)
+    assert isinstance(prepared, torch.Tensor) and prepared.shape == (6, 7)  # joined once, not on every call
+    assert torch.equal(forward(prepared), member(feats))

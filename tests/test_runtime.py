@@ -324,3 +324,44 @@ print("HEAVY", heavy)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HEAVY []" in done.stdout
+
+
+def test_frozen_training_frees_what_encoding_held_and_predicting_opens_the_checked_exports_again(tmp_path: Path):
+    from conftest import make_dataset
+
+    from mmsent.api import LoadedRun, create_encoders, fit_model, split_records
+
+    data = make_dataset(tmp_path / "ds", per_class=8, n_test=6)
+    cfg = load_config(overrides=["model.encoders=[minilm,efficientnet_lite0,vader]", "train.ensemble=2",
+                                 "data.val_fraction=0.25", f"runtime.cache_dir={tmp_path / 'cache'}",
+                                 "runtime.num_workers=0"])
+    dataset = load_dataset(data)
+    train, val = split_records(dataset.train, cfg)
+    encoders = create_encoders(cfg)
+    fitted = fit_model(cfg, train, val, quiet=True, encoders=encoders, encode_also=dataset.test)
+    networks = ("minilm", "efficientnet_lite0")
+    for name in networks:  # ONNX Runtime encoded them: neither their sessions nor their torch networks stay
+        assert "model" not in encoders[name]._modules
+        assert [f.session for f in encoders[name]._frozen_forwards.values()] == [None]
+    assert fitted.metrics["parameters"] > 22_000_000  # counted with the networks, before they went
+    assert fitted.metrics["encoder_cache"]["minilm"]["computed"] >= len(dataset.test)  # the test list came along
+    loaded = LoadedRun(None, cfg, fitted.model)
+    cached = loaded.predict_proba(dataset.test, quiet=True)  # read back: nothing encoded, nothing opened
+    assert all(f.session is None for n in networks for f in encoders[n]._frozen_forwards.values())
+    computed = loaded.predict_proba(dataset.test, quiet=True, use_cache=False)  # the same exports, opened again
+    assert all(f.session is not None for n in networks for f in encoders[n]._frozen_forwards.values())
+    assert all("model" not in encoders[n]._modules for n in networks)  # no second check against torch
+    assert np.abs(cached - computed).max() < 1e-5
+
+
+def test_a_released_export_that_went_away_is_a_clear_error(tmp_path: Path):
+    from mmsent.encoders.features import release_inference
+    from mmsent.errors import MmsentError
+
+    cfg = backend_config(tmp_path)
+    encoder = create_encoder("efficientnet_lite0")
+    forward = prepare_inference(encoder, cfg)
+    release_inference(encoder)
+    forward.path.unlink()  # a cache cleared while the command ran
+    with pytest.raises(MmsentError, match="cannot be opened again"):
+        forward(torch.zeros(1, 3, 224, 224))

@@ -1,5 +1,7 @@
 """Text decoding never loses a character; each cleaning step can be switched on and off."""
 
+import pytest
+
 from mmsent.config import TextConfig
 from mmsent.data.text import clean_text, decode_text, text_attributes
 
@@ -70,3 +72,26 @@ def test_hashtags_are_segmented_into_words():
     assert segment_hashtag("happyfriday") == "happy friday"
     cfg = TextConfig(segment_hashtags=True, lowercase=False)
     assert clean_text("So #happyfriday to all #TBT", cfg) == "So happy friday to all tbt"  # one word: as segmented
+
+
+def test_compact_counts_read_like_the_packages_dict(tmp_path):
+    from mmsent.data.text import CompactCounts
+
+    counts = tmp_path / "counts.txt"
+    counts.write_text("of the\t5\nin a\t2\nof the\t7\n", encoding="utf-8")  # a pair listed twice: the last count
+    table = CompactCounts(str(counts))
+    assert table["of the"] == 7.0 and table["in a"] == 2.0
+    assert "in a" in table and "a cat" not in table
+    with pytest.raises(KeyError):
+        table["a cat"]
+
+
+def test_hashtags_segment_as_the_package_does_on_its_own_tables():
+    import wordsegment
+
+    from mmsent.data.text import _segmenter
+
+    theirs = wordsegment.Segmenter()
+    theirs.load()
+    for tag in ["thisisatest", "ilovemycat", "nofilter", "tbt", "instagood", "bestdayever", "a1b2c3", "", "x" * 30]:
+        assert _segmenter()(tag) == theirs.segment(tag), tag

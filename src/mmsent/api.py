@@ -34,7 +34,13 @@ from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim, verified_export_path
+from mmsent.encoders.features import (
+    EncodeStats,
+    encode_records,
+    encode_tokens,
+    token_dim,
+    verified_export_path,
+)
 from mmsent.encoders.runtime import (
     BULK_POSTS,
     BundledExport,
@@ -102,18 +108,20 @@ def extract_features(
     quiet: bool = False,
     use_cache: bool = True,
     token_encoders: list[str] | tuple[str, ...] = (),
+    release: bool = False,
 ) -> tuple[dict[str, np.ndarray], list[EncodeStats]]:
     """{encoder: (N, D)} for records, through the feature cache unless use_cache is False.
 
     Encoders in token_encoders give (N, T, D_tok) and a mask under "<name>.mask" instead (through the
-    token cache: float16 on disk).
+    token cache: float16 on disk). `release`: each encoder frees its ONNX sessions and torch network as soon
+    as its features are done (see release_inference), for a caller that encodes nothing more for a while.
     """
     cache_root = cfg.cache_path() if use_cache else None
     pooled: dict[str, tuple[np.ndarray, EncodeStats]] = {}
 
     def encode(names: list[str], cfg: Config) -> None:
         for name in names:
-            pooled[name] = encode_records(encoders[name], records, cfg, cache_root, quiet=quiet)
+            pooled[name] = encode_records(encoders[name], records, cfg, cache_root, quiet=quiet, release=release)
 
     names = [n for n in encoders if n not in token_encoders]
     images = [n for n in names if encoders[n].modality == "image"]
@@ -242,10 +250,13 @@ def train_into(
     extra_train: list[Record] | None = None,
     callbacks: list[EpochCallback] | None = None,
     origin: RunOrigin | None = None,
+    encode_also: list[Record] | None = None,
 ) -> TrainResult:
     """Train and write every file of the run through writer (see `train`).
 
     writer is None in the other processes of a launch: they train with the main process and write nothing.
+    `encode_also`: posts the caller predicts next (the test list of `run`), encoded into the feature cache
+    in the same pass as the training posts, so that predicting them opens no encoder again.
     """
     t_start = time.perf_counter()
     apply_runtime(cfg)
@@ -257,7 +268,8 @@ def train_into(
     check_no_leak(train_records, val_records, [r.guid for r in dataset.test] + dataset.held_out)
     if dataset.skipped and writer is not None:
         writer.write_skipped(dataset.skipped_rows())
-    fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir)
+    fitted = fit_model(cfg, train_records, val_records, quiet, callbacks, encoders=encoders, data_dir=data_dir,
+                       encode_also=encode_also)
     metrics = {**fitted.metrics, "total_seconds": round(time.perf_counter() - t_start, 2)}
     split_guids = Split(
         train=[r.guid for r in train_records if r.source_guid is None],
@@ -294,12 +306,14 @@ def fit_model(
     callbacks: list[EpochCallback] | None = None,
     encoders: dict[str, Encoder] | None = None,
     data_dir: Path | str = "the data set",
+    encode_also: list[Record] | None = None,
 ) -> Fitted:
     """Train the model cfg describes on train_records, early-stopping on val_records; nothing is written.
 
     Frozen mode trains the head on cached features; fine-tune mode trains encoders and head end to end.
     An ensemble (train.ensemble >= 2) early-stops each head on its own fold of train_records, so
-    val_records only measure it and may be empty.
+    val_records only measure it and may be empty. `encode_also`: more posts encoded into the cache in the
+    same pass (see train_into); encode_seconds counts them too.
     """
     if len({r.tag for r in train_records}) < 2:
         raise MmsentError(f"{data_dir}: training needs at least two classes in train.txt")
@@ -311,12 +325,14 @@ def fit_model(
     # stateful encoders (TF-IDF) learn from the training split only
     model, preprocessing = create_model(cfg, encoders=encoders, fit_records=train_records)
     classifier = model.classifier
-    feats, stats = extract_features(encoders, train_records + val_records, cfg, quiet,
-                                    token_encoders=classifier.token_encoders)
+    parameters = count_parameters(classifier) + sum(count_parameters(e) for e in encoders.values())
+    # frozen training encodes nothing more: the heads train on these features (predictions open sessions again)
+    feats, stats = extract_features(encoders, train_records + val_records + list(encode_also or []), cfg, quiet,
+                                    token_encoders=classifier.token_encoders, release=cfg.train.mode == "frozen")
     encode_seconds = time.perf_counter() - t_enc
-    n_train = len(train_records)
-    train_feats = _subset(feats, np.arange(n_train))
-    val_feats = _subset(feats, np.arange(n_train, n_train + len(val_records)))
+    n_train, n_val = len(train_records), len(val_records)
+    train_feats = {k: v[:n_train] for k, v in feats.items()}  # views of the rows: no copies
+    val_feats = {k: v[n_train:n_train + n_val] for k, v in feats.items()}
     y_train, y_val = encode_labels(train_records), encode_labels(val_records)
 
     seed_everything(cfg.train.seed)
@@ -348,7 +364,7 @@ def fit_model(
         epochs_run=len(result.history),
         n_train=n_train,
         n_val=len(val_records),
-        parameters=count_parameters(classifier) + sum(count_parameters(e) for e in encoders.values()),
+        parameters=parameters,
         trainable_parameters=count_parameters(classifier) + tuned_parameters,
         encoder_cache={s.encoder: {"cached": s.cached, "computed": s.computed} for s in stats},
         encode_seconds=round(encode_seconds, 2),
@@ -462,9 +478,9 @@ def _fit_cross_fitted(
     for index, (fit_idx, stop_idx) in enumerate(folds):
         seed_everything(cfg.train.seed + index)
         member = classifier.member(index)
-        fit_batches = FeatureBatches(_subset(train_feats, fit_idx), y_train[fit_idx], cfg.train.batch_size,
-                                     shuffle=True, seed=cfg.train.seed + index)
-        stop_batches = FeatureBatches(_subset(train_feats, stop_idx), y_train[stop_idx], 1024, shuffle=False)
+        fit_batches = FeatureBatches(train_feats, y_train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + index,
+                                     rows=fit_idx)
+        stop_batches = FeatureBatches(train_feats, y_train, 1024, shuffle=False, rows=stop_idx)
         results.append(fit(auxiliary(member, classifier, cfg), fit_batches, stop_batches, loss_fn, cfg.train,
                            callbacks=callbacks if index == 0 else None, quiet=quiet, desc=f"train head {index + 1}/{k}"))
         oof[stop_idx] = predict_proba(member, stop_batches)[0]
@@ -773,7 +789,9 @@ def run(
     quiet = quiet or not distributed.is_main_process()
     with create_run_once(out_dir, overwrite) as writer:
         dataset = load_training_data(Path(data_dir), cfg)
-        result = train_into(writer, Path(data_dir), cfg, quiet, dataset=dataset, origin=origin or RunOrigin(kind="run"))
+        # the test list is encoded with the training posts (one pass, encoders freed after it), then read back
+        result = train_into(writer, Path(data_dir), cfg, quiet, dataset=dataset, origin=origin or RunOrigin(kind="run"),
+                            encode_also=dataset.test)
         # every process of a launch: they share the encoding of the test list
         probs = result.model.predict_proba(dataset.test, quiet)  # the trained model in memory: no reload
         rows = [(r.guid, LABELS[int(p.argmax())]) for r, p in zip(dataset.test, probs, strict=True)]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmsent import __version__
+from mmsent.allocator import return_large_blocks
 from mmsent.distributed import LAUNCHABLE_COMMANDS, exit_process, leave_process_group, require_single_process
 from mmsent.errors import FollowerError, MmsentError
 
@@ -693,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one clear message and return 2."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    return_large_blocks()  # a process that frees large feature and training copies gives them back
     code = _dispatch(args)
     # after a command that ended (well or with a user error) in every process; a crash skips it, since
     # destroying a group while another process still waits in a collective can hang that process

@@ -46,12 +46,57 @@ def _replace_emoji(text: str, mode: str) -> str:
 CAMEL_RE = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
+class CompactCounts:
+    """The word -> count table of a wordsegment counts file (`word<TAB>count` lines) as two sorted arrays: the
+    words' hashes (int64) and their counts (float64), 16 bytes a word.
+
+    The package's own dicts of 620,000 strings and floats held 93 MB for as long as the process lived (a
+    tenth of a prediction's memory); these hold 10. A word listed twice keeps its last count, as a dict
+    would. The hashes are this process's str hashes: two of the 620,000 words sharing one (odds near 1e-8)
+    would merge their counts.
+    """
+
+    def __init__(self, filename: str):
+        import numpy as np
+
+        def rows():
+            with open(filename, encoding="utf-8") as reader:
+                for line in reader:
+                    word, number = line.split("\t")
+                    yield hash(word), float(number)
+
+        table = np.fromiter(rows(), dtype=[("hash", np.int64), ("count", np.float64)])
+        table = table[np.argsort(table["hash"], kind="stable")]  # a repeated word's lines stay in file order
+        last = np.append(table["hash"][1:] != table["hash"][:-1], True)  # the last line of each word
+        self.hashes, self.counts = table["hash"][last].copy(), table["count"][last].copy()
+
+        self.get = lru_cache(maxsize=1 << 16)(self._get)  # a hashtag's search asks for the same words again
+
+    def _get(self, word: str) -> float | None:
+        key = hash(word)
+        index = int(self.hashes.searchsorted(key))
+        return float(self.counts[index]) if index < len(self.hashes) and self.hashes[index] == key else None
+
+    def __contains__(self, word: str) -> bool:
+        return self.get(word) is not None
+
+    def __getitem__(self, word: str) -> float:
+        count = self.get(word)
+        if count is None:
+            raise KeyError(word)
+        return count
+
+
 @lru_cache(maxsize=1)
 def _segmenter():
+    """wordsegment's segmenter on its own unigram and bigram counts (offline), held compactly."""
     import wordsegment
 
-    wordsegment.load()  # the package's own unigram and bigram counts: offline
-    return wordsegment.segment
+    segmenter = wordsegment.Segmenter()  # its word list (`words`) is not used to segment: not loaded
+    segmenter.unigrams = CompactCounts(segmenter.UNIGRAMS_FILENAME)
+    segmenter.bigrams = CompactCounts(segmenter.BIGRAMS_FILENAME)
+    segmenter.total, segmenter.limit = segmenter.TOTAL, segmenter.LIMIT
+    return segmenter.segment
 
 
 @lru_cache(maxsize=4096)

@@ -47,7 +47,17 @@ class Encoder(nn.Module):
         if self.__dict__.get("_network_deferred"):
             self._network_deferred = False
             self.build_network()
-            self.model.train(self.training)
+            self.train(self.training)  # through the encoder, so that its own train() rules apply
+
+    def release_network(self) -> bool:
+        """Free the torch network, to be built again on first use; only for an encoder that can build it again
+        with the same weights (deferrable, not fine-tuned). Returns whether it was freed."""
+        can_rebuild = type(self).build_network is not Encoder.build_network and self.tuned_digest is None
+        if not can_rebuild or "model" not in self._modules:
+            return False
+        del self._modules["model"]
+        self._network_deferred = True
+        return True
 
     def __getattr__(self, name: str) -> Any:
         if name == "model" and self.__dict__.get("_network_deferred"):

@@ -49,9 +49,13 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     def __init__(
         self, weights_path: str | None = None, pretrained: bool = True, views: list[str] | None = None,
-        defer_network: bool = False,
+        trainable_blocks: int | None = None, defer_network: bool = False,
     ):
-        """defer_network: build the network on first use only (see Encoder.ensure_network)."""
+        """trainable_blocks: fine-tune only the last N MBConv blocks and the 1x1 head convolution (all batch
+        norm statistics stay frozen).
+
+        defer_network: build the network on first use only (see Encoder.ensure_network).
+        """
         super().__init__()
         try:
             import efficientnet_lite_pytorch  # noqa: F401
@@ -62,6 +66,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         if unknown or not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"encoder {self.name!r}: views must be distinct names among {', '.join(VIEWS)}, not {views}")
         self.pretrained = pretrained
+        self.trainable_blocks = trainable_blocks
         self.weights_path: Path | None = None
         if pretrained:
             self.weights_path = Path(weights_path) if weights_path else bundled_weights(self.variant)
@@ -85,6 +90,28 @@ class EfficientNetLiteEncoder(ImageEncoder):
         else:
             self.model = EfficientNet.from_name(arch)
         self.model._fc = torch.nn.Identity()  # the ImageNet classifier is not used
+        if self.trainable_blocks is not None:
+            self.freeze_below(self.trainable_blocks)
+
+    def freeze_below(self, trainable_blocks: int) -> None:
+        """Only the last `trainable_blocks` blocks and the head convolution keep requires_grad."""
+        blocks = self.model._blocks
+        if not 0 <= trainable_blocks <= len(blocks):
+            raise ConfigError(f"encoder {self.name!r}: trainable_blocks must be 0 to {len(blocks)}, not {trainable_blocks}")
+        self.model.requires_grad_(False)
+        for module in [*list(blocks)[len(blocks) - trainable_blocks:], self.model._conv_head, self.model._bn1]:
+            module.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> EfficientNetLiteEncoder:
+        """Train mode; with trainable_blocks, batch norm keeps its ImageNet statistics (small fine-tuning batches
+        would only add noise to them) and the frozen blocks run as in inference (no drop-connect)."""
+        super().train(mode)
+        if mode and self.trainable_blocks is not None and "model" in self._modules:
+            first_trained = len(self.model._blocks) - self.trainable_blocks
+            frozen = [self.model._conv_stem, self.model._bn0, *list(self.model._blocks)[:first_trained]]
+            for module in frozen + [m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+                module.eval()
+        return self
 
     def fingerprint(self) -> str:
         views = "" if self.views == ["center"] else f"|views={'+'.join(self.views)}"

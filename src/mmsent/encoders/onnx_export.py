@@ -16,6 +16,7 @@ import torch
 
 from mmsent.encoders.base import IMAGES, Encoder
 from mmsent.encoders.cache import entry_name
+from mmsent.errors import MmsentError
 
 OPSET = 17
 OUTPUT = "features"
@@ -114,21 +115,38 @@ def open_session(path: Path, threads: int):
 
 
 class OnnxForward:
-    """Runs the encoder's exported forward: a collated batch in, features (B, dim) float32 out."""
+    """Runs the encoder's exported forward: a collated batch in, features (B, dim) float32 out.
+
+    `release()` closes the session (its copy of the weights, its arena); the next call opens the same
+    checked file again, without checking it against torch a second time.
+    """
 
     backend = "onnx"
 
-    def __init__(self, encoder: Encoder, session: Any, path: Path):
+    def __init__(self, encoder: Encoder, session: Any, path: Path, threads: int):
         self.encoder = encoder
-        self.session = session
+        self.session: Any = session
         self.path = path
+        self.threads = threads
         # the exporter drops inputs the graph does not read, so feed only those it declares
         self.inputs = [i.name for i in session.get_inputs()]
 
+    def release(self) -> None:
+        self.session = None
+
     def __call__(self, batch: Any) -> np.ndarray:
+        if self.session is None:
+            self.session = self._reopen()
         named = self.encoder.named_inputs(batch)
         feeds = {name: named[name].numpy() for name in self.inputs}
         return self.session.run([OUTPUT], feeds)[0]  # (B, dim)
+
+    def _reopen(self) -> Any:
+        try:
+            return open_session(self.path, self.threads)
+        except Exception as exc:  # the file went away (a cache cleared meanwhile) or onnxruntime refuses it
+            raise MmsentError(f"encoder {self.encoder.name!r}: its checked ONNX export {self.path} cannot be opened "
+                              f"again ({type(exc).__name__}: {first_line(exc)}); run the command again") from exc
 
 
 def probe_difference(encoder: Encoder, forward: OnnxForward) -> float:
@@ -143,7 +161,7 @@ def probe_difference(encoder: Encoder, forward: OnnxForward) -> float:
 def checked_forward(encoder: Encoder, path: Path, threads: int) -> OnnxForward:
     """A session of the export at path, if it matches torch on the probe batch; else ExportFailed."""
     try:
-        forward = OnnxForward(encoder, open_session(path, threads), path)
+        forward = OnnxForward(encoder, open_session(path, threads), path, threads)
         difference = probe_difference(encoder, forward)
     except Exception as exc:  # onnxruntime raises its own types for a graph it cannot load or run
         raise ExportFailed(f"ONNX Runtime cannot run its export ({type(exc).__name__}: {first_line(exc)})") from exc
@@ -157,7 +175,7 @@ def bundled_forward(encoder: Encoder, path: Path, threads: int) -> OnnxForward:
     """A session of the export that a run folder carries: checked against torch when the run was written, and
     its bytes against the run's record when the run was loaded, so torch is not needed (nor built) here."""
     try:
-        return OnnxForward(encoder, open_session(path, threads), path)
+        return OnnxForward(encoder, open_session(path, threads), path, threads)
     except Exception as exc:  # onnxruntime raises its own types for a graph it cannot load
         raise ExportFailed(f"ONNX Runtime cannot run the run's export ({type(exc).__name__}: {first_line(exc)})") from exc
 

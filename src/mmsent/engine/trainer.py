@@ -27,24 +27,44 @@ def seed_everything(seed: int) -> None:
 
 
 class FeatureBatches:
-    """Mini-batches over in-memory feature tensors {name: (N, D)} and labels (N,), reshuffled each epoch."""
+    """Mini-batches over in-memory feature tensors {name: (N, D)} and labels (N,), reshuffled each epoch.
 
-    def __init__(self, features: dict[str, np.ndarray], y: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0):
+    `rows` picks the rows of `features` (and of `y`) that these batches go over, so that the folds of a
+    cross-fitted ensemble index the training features instead of each holding a copy of them.
+    """
+
+    def __init__(self, features: dict[str, np.ndarray], y: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 rows: np.ndarray | None = None):
         self.features = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in features.items()}
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
+        self.rows = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
+        return (self._count() + self.batch_size - 1) // self.batch_size
+
+    def _count(self) -> int:
+        return len(self.y) if self.rows is None else len(self.rows)
+
+    def _epoch_order(self) -> torch.Tensor:
+        """The rows of the features, in this epoch's order."""
+        n = self._count()
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        return order if self.rows is None else self.rows[order]
+
+    def _take(self, idx: torch.Tensor) -> Batch:
+        return {k: v[idx] for k, v in self.features.items()}, self.y[idx]
+
+    def full_batch(self) -> Batch:
+        """Every row in one batch, in the order an epoch's batches give them: one copy, not batches and their join."""
+        return self._take(self._epoch_order())
 
     def __iter__(self):
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield {k: v[idx] for k, v in self.features.items()}, self.y[idx]
+        order = self._epoch_order()
+        for start in range(0, len(order), self.batch_size):
+            yield self._take(order[start : start + self.batch_size])
 
 
 @dataclass
@@ -105,6 +125,8 @@ def predict_proba(
 
 def full_batch(batches: Iterable[Batch]) -> Batch:
     """Every training batch joined into one (full-batch optimisers)."""
+    if isinstance(batches, FeatureBatches):
+        return batches.full_batch()
     parts = list(batches)
     inputs = {k: torch.cat([b[k] for b, _ in parts]) for k in parts[0][0]}
     return inputs, torch.cat([y for _, y in parts])
@@ -115,14 +137,29 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
     return 0.5 * sum((p ** 2).sum() for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
 
 
+def prepared_full_batch(model: nn.Module, batches: Iterable[Batch]) -> tuple[Callable, object, torch.Tensor]:
+    """(forward, prepared inputs, labels) of every training batch joined, for a full-batch optimiser: the joined
+    batch is dropped as soon as the model has prepared it (see fixed_inputs)."""
+    inputs, y = full_batch(batches)
+    forward, inputs = fixed_inputs(model, inputs)
+    return forward, inputs, y
+
+
 def fixed_inputs(model: nn.Module, inputs) -> tuple[Callable, object]:
     """For a full-batch optimiser: the model's input preparation done once, and what maps the prepared inputs to logits.
 
-    A fusion classifier standardises and groups its cached features on every call; L-BFGS calls it
-    hundreds of times on the same batch, so that work (most of a logistic regression's time) is done once.
+    A fusion classifier standardises and groups its cached features on every call, and a linear head joins
+    the groups; L-BFGS calls them hundreds of times on the same batch, so that work (most of a logistic
+    regression's time, and a copy of the batch per call) is done once. Each stage that prepares hands on
+    to the next one (classifier -> head) until one has nothing to prepare.
     """
-    prepare = getattr(model, "prepare_fixed_inputs", None)
-    return (model, inputs) if prepare is None else prepare(inputs)
+    forward = model
+    while (prepare := getattr(forward, "prepare_fixed_inputs", None)) is not None:
+        next_forward, inputs = prepare(inputs)
+        if next_forward is forward:
+            break
+        forward = next_forward
+    return forward, inputs
 
 
 def lbfgs_closure(model: nn.Module, optimizer, loss_fn: nn.Module, inputs, y: torch.Tensor, l2: float,
@@ -178,8 +215,7 @@ def fit(
         # full-batch L-BFGS on the L2-penalised loss: with the linear head, exactly a logistic regression
         optimizer = torch.optim.LBFGS([p for g in params for p in g["params"]], lr=1.0, max_iter=cfg.lbfgs_steps,
                                       history_size=20, line_search_fn="strong_wolfe")
-        inputs, y = full_batch(train_batches)
-        forward, inputs = fixed_inputs(model, inputs)
+        forward, inputs, y = prepared_full_batch(model, train_batches)
         train_batches = [(inputs, y)]
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

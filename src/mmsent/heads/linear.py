@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -28,5 +30,15 @@ class LinearHead(nn.Module):
         self.linear = nn.Linear(total, num_classes)
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        fused = torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
+        return self.forward_fused(self.fuse(features))
+
+    def fuse(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([features[m] for m in self.modalities], dim=-1)  # (B, D_text + D_image)
+
+    def forward_fused(self, fused: torch.Tensor) -> torch.Tensor:
         return self.linear(self.inputs(fused))  # (B, C)
+
+    def prepare_fixed_inputs(self, features: dict[str, torch.Tensor]) -> tuple[Callable, torch.Tensor]:
+        """(forward on the joined features, them joined once) for a full-batch optimiser (see trainer.fixed_inputs)."""
+        with torch.no_grad():
+            return self.forward_fused, self.fuse(features)
