@@ -34,13 +34,7 @@ from mmsent.data.shards import Shard, merge_predictions, write_skipped_companion
 from mmsent.data.split_lists import held_out_lists
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.encoders import Encoder
-from mmsent.encoders.features import (
-    EncodeStats,
-    encode_records,
-    encode_tokens,
-    token_dim,
-    verified_export_path,
-)
+from mmsent.encoders.features import EncodeStats, encode_records, encode_tokens, token_dim, verified_export_path
 from mmsent.encoders.runtime import (
     BULK_POSTS,
     BundledExport,
