@@ -4,9 +4,9 @@ Usage: python benchmarks/blend_oof.py --data ../shared/mvsa --a runs/cv-models/c
        --b runs/cv-finetune/candidates/minilm_top2_finetuned [--weights 0.1,0.2,0.3,0.5]
 
 Both cv runs must have used the same folds (folds and seed in their experiment.json, and the same data);
-with different repeats, the repeats both ran are compared. For each weight w the held-out probabilities are blended, (1 - w) * A + w * B, and each fold
-is scored by argmax; differences to A alone are paired by fold, with the corrected resampled t interval
-of `mmsent cv`. No model is trained: it costs seconds, and says whether building the blend is worth it.
+with different repeats, the repeats both ran are compared. For each weight w the held-out probabilities
+are blended, (1 - w) * A + w * B, and each fold is scored by argmax; differences to A alone are paired
+by fold, with the corrected resampled t interval of `mmsent cv`. No model is trained: it costs seconds, and says whether building the blend is worth it.
 """
 
 from __future__ import annotations
