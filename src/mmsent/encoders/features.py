@@ -252,7 +252,7 @@ def _compute_into(
     with torch_threads(inference_threads(cfg, loader.num_workers)), bar:
         # token features always run in torch: they are encoded once into the cache, so no export pays off
         forward = TorchForward(encoder).tokens if tokens else prepare_inference(encoder, cfg)
-        if release and getattr(forward, "backend", "") == "onnx":
+        if release and not tokens and forward.backend == "onnx":
             encoder.release_network()  # the checked export runs from here on: its torch twin (~90 MB for MiniLM) can go
         # image decoding in a thread beside the network, where no loader processes do it (bulk jobs only: for a
         # few posts the thread costs more than it overlaps)

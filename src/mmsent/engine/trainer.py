@@ -137,14 +137,6 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
     return 0.5 * sum((p ** 2).sum() for n, p in model.named_parameters() if p.requires_grad and p.dim() > 1)
 
 
-def prepared_full_batch(model: nn.Module, batches: Iterable[Batch]) -> tuple[Callable, object, torch.Tensor]:
-    """(forward, prepared inputs, labels) of every training batch joined, for a full-batch optimiser: the joined
-    batch is dropped as soon as the model has prepared it (see fixed_inputs)."""
-    inputs, y = full_batch(batches)
-    forward, inputs = fixed_inputs(model, inputs)
-    return forward, inputs, y
-
-
 def fixed_inputs(model: nn.Module, inputs) -> tuple[Callable, object]:
     """For a full-batch optimiser: the model's input preparation done once, and what maps the prepared inputs to logits.
 
@@ -215,7 +207,8 @@ def fit(
         # full-batch L-BFGS on the L2-penalised loss: with the linear head, exactly a logistic regression
         optimizer = torch.optim.LBFGS([p for g in params for p in g["params"]], lr=1.0, max_iter=cfg.lbfgs_steps,
                                       history_size=20, line_search_fn="strong_wolfe")
-        forward, inputs, y = prepared_full_batch(model, train_batches)
+        inputs, y = full_batch(train_batches)
+        forward, inputs = fixed_inputs(model, inputs)
         train_batches = [(inputs, y)]
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
