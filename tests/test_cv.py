@@ -121,3 +121,58 @@ def test_cv_variants_are_candidates_on_top_of_the_base(tmp_path: Path, capsys):
     argmax = (out / "candidates" / "argmax" / "candidate.yaml").read_text()
     assert "decision: argmax" in argmax and "ensemble: 2" in argmax
     assert "| argmax | base | macro_f1 |" in capsys.readouterr().out
+
+
+def test_an_interrupted_cv_resumes_from_its_saved_folds(tmp_path: Path, monkeypatch, capsys):
+    """A kill after three folds: the same command again computes only the rest, with the scores of a run never
+    killed; another config recomputes, and --overwrite starts from nothing."""
+    import mmsent.experiments.cv as cv
+
+    data = make_dataset(tmp_path / "ds", per_class=10)
+    variants = tmp_path / "v.yaml"
+    variants.write_text("base: {}\nargmax: {train.decision: argmax}\n")
+    args = ["--data", str(data), "--folds", "2", "--repeats", "1", "--variants", str(variants),
+            "--set", "train.ensemble=2", *FAST]
+    assert main(["cv", "--out", str(tmp_path / "whole"), *args]) == 0
+    whole = read_table(tmp_path / "whole" / "folds.csv")
+
+    real = cv.held_out_proba
+    calls: list[str] = []
+
+    def killed_at_fourth(cfg, records, fold, test_guids):
+        calls.append(fold.name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(cfg, records, fold, test_guids)
+
+    monkeypatch.setattr(cv, "held_out_proba", killed_at_fourth)
+    out = tmp_path / "cv"
+    assert main(["cv", "--out", str(out), *args]) == 130
+    assert not (out / "experiment.json").exists()
+    assert sorted(p.name for p in (out / "candidates").glob("*/folds/*.npz")) == ["r0f0.npz", "r0f0.npz", "r0f1.npz"]
+
+    calls.clear()
+    monkeypatch.setattr(cv, "held_out_proba", lambda *a: calls.append(a[2].name) or real(*a))
+    capsys.readouterr()
+    assert main(["cv", "--out", str(out), *args]) == 0
+    assert calls == ["r0f1"]  # argmax's second fold only
+    assert "resumed: 3 fold(s) taken from the interrupted run" in capsys.readouterr().out
+    resumed = read_table(out / "folds.csv")
+    score_columns = [c for c in whole[0] if c != "seconds"]
+    assert [{c: r[c] for c in score_columns} for r in resumed] == [{c: r[c] for c in score_columns} for r in whole]
+    assert json.loads((out / "experiment.json").read_text())["reused_folds"] == 3
+
+    # a saved fold made with another config is not taken: the finished folder is redone from nothing
+    calls.clear()
+    assert main(["cv", "--out", str(out), *args, "--set", "train.seed=7", "--overwrite"]) == 0
+    assert len(calls) == 4
+
+    (out / "experiment.json").unlink()  # unfinished again, and its folds saved under train.seed=7
+    calls.clear()
+    assert main(["cv", "--out", str(out), *args]) == 0
+    assert len(calls) == 4  # other config, other keys: nothing reused
+    (out / "candidates" / "base" / "folds" / "r0f0.npz").write_bytes(b"not a zip")
+    (out / "experiment.json").unlink()
+    calls.clear()
+    assert main(["cv", "--out", str(out), *args]) == 0
+    assert calls == ["r0f0"]  # an unreadable fold is computed again

@@ -264,7 +264,8 @@ def _add_experiment_parsers(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="progress bars of each trial")
     _add_common(p)
 
-    p = sub.add_parser("cv", help="cross-validate configs on train.txt: the same folds for every one, paired differences")
+    p = sub.add_parser("cv", help="cross-validate configs on train.txt: the same folds for every one, paired "
+                                  "differences; a killed run resumes when run again")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="experiment folder (results, folds, paired, cv.png)")
     p.add_argument("--folds", type=int, default=5, help="folds per repeat (default 5)")
@@ -276,7 +277,9 @@ def _add_experiment_parsers(sub) -> None:
                    help="YAML: candidate name -> {config key: value}, each on top of --preset/--config/--set "
                         "(the format of `mmsent variants`; after --presets and --compare)")
     _add_config_args(p)
-    _add_overwrite(p, "cross-validation folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo a finished cross-validation folder at --out, or an interrupted one from the start "
+                        "(without it, an interrupted run resumes from its saved folds)")
     _add_common(p)
 
     p = sub.add_parser("variants", help="train a base config with sets of overrides, side by side")
@@ -566,6 +569,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     result = run_cv(args.data, args.out, cv_candidates(args), command_line(args.argv), folds=args.folds,
                     repeats=args.repeats, seed=args.seed, quiet=args.quiet, overwrite=args.overwrite)
     print(result.markdown)
+    if result.reused_folds:
+        print(f"resumed: {result.reused_folds} fold(s) taken from the interrupted run in {result.out_dir}")
     print(f"results: {result.out_dir} (results.csv/.md, folds.csv, paired.csv/.md, cv.png, candidates/)")
     return 0
 

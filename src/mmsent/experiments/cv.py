@@ -6,24 +6,33 @@ the held-out fold: the held-out fold, the validation split of `mmsent train` and
 no part in training. Means come with the corrected resampled t interval (Nadeau and Bengio, 2003),
 which accounts for folds sharing their training data; every candidate after the first is also
 compared with the first, fold by fold (paired differences).
+
+Each finished fold's held-out probabilities are saved at once (candidates/NAME/folds/r0f1.npz, keyed by
+the candidate's config and the fold's posts), so a run that was killed resumes where it stopped: run the
+same command again. A fold whose key no longer matches is computed again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mmsent import LABELS
-from mmsent.config import Config
+from mmsent.config import Config, config_yaml
 from mmsent.data.duplicates import duplicate_groups
 from mmsent.data.guard import LeakError, find_leaks
 from mmsent.data.records import DataSet, Record
 from mmsent.data.splits import stratified_folds, stratified_split
 from mmsent.engine.metrics import compute_metrics
 from mmsent.errors import MmsentError
+from mmsent.files import atomic_write_bytes, remove_tree
 from mmsent.progress import Progress
 from mmsent.run_folder import experiment_folder, write_manifest
 from mmsent.stats import Interval, cv_interval
@@ -55,6 +64,7 @@ class CVResult:
     folds: list[dict]  # one row per candidate and fold
     paired: list[dict]  # one row per candidate after the first and score: the paired difference
     markdown: str
+    reused_folds: int = 0  # folds of an interrupted run of the same command, taken from their saved files
 
 
 def make_folds(records: list[Record], k: int, repeats: int, seed: int) -> list[Fold]:
@@ -101,10 +111,52 @@ def held_out_proba(cfg: Config, records: list[Record], fold: Fold, test_guids: l
     return LoadedRun(None, cfg, fitted.model).predict_proba(held, quiet=True)
 
 
+def fold_key(cfg: Config, records: list[Record], fold: Fold) -> str:
+    """What a fold's held-out probabilities depend on: the candidate's config and the fold's posts, both sides
+    (guid, tag, text, image file size and time). The code is not in it: after changing it, pass --overwrite."""
+    digest = hashlib.sha256(config_yaml(cfg).encode())
+    for side, rows in (("train", fold.train), ("held_out", fold.held_out)):
+        digest.update(f"\n{side}\n".encode())
+        for i in rows:
+            record = records[i]
+            digest.update(f"{record.guid}\t{record.tag}\t{record.text}\t{_image_stamp(record)}\n".encode())
+    return digest.hexdigest()
+
+
+def _image_stamp(record: Record) -> str:
+    if record.image_bytes is not None:
+        return hashlib.sha256(record.image_bytes).hexdigest()
+    try:
+        stat = os.stat(record.image_path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def save_fold(path: Path, key: str, probs: np.ndarray, seconds: float) -> None:
+    """One finished fold's held-out probabilities (N_held_out, C), written whole or not at all."""
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), probs=probs.astype(np.float32), seconds=np.array(seconds))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_fold(path: Path, key: str, n_held_out: int) -> tuple[np.ndarray, float] | None:
+    """A saved fold's probabilities and seconds if it was made with this key; None if absent, stale or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["key"]) != key or saved["probs"].shape != (n_held_out, len(LABELS)):
+                return None
+            return saved["probs"], float(saved["seconds"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
 def cross_validate(
-    name: str, cfg: Config, dataset: DataSet, folds: list[Fold], quiet: bool = True, progress: Progress | None = None
-) -> tuple[list[dict], np.ndarray]:
-    """One row of scores per fold, and the out-of-fold probabilities of every repeat (R, N, C)."""
+    name: str, cfg: Config, dataset: DataSet, folds: list[Fold], quiet: bool = True, progress: Progress | None = None,
+    saved: Path | None = None,
+) -> tuple[list[dict], np.ndarray, int]:
+    """One row of scores per fold, the out-of-fold probabilities of every repeat (R, N, C), and how many folds
+    were taken from `saved` (the folder where each fold is saved as soon as it is done)."""
     progress = progress or Progress("fold", len(folds), quiet=True)
     from mmsent.api import encode_labels
 
@@ -113,19 +165,30 @@ def cross_validate(
     repeats = max(f.repeat for f in folds) + 1
     oof = np.full((repeats, len(records), len(LABELS)), np.nan, dtype=np.float32)
     rows = []
+    reused = 0
     test_guids = [r.guid for r in dataset.test]
     for fold in folds:
         progress.step(f"{name}, {fold.name} (repeat {fold.repeat + 1}, fold {fold.fold + 1})")
-        t0 = time.perf_counter()
-        probs = held_out_proba(cfg, records, fold, test_guids)
+        key = fold_key(cfg, records, fold) if saved is not None else ""
+        path = saved / f"{fold.name}.npz" if saved is not None else None
+        earlier = load_fold(path, key, len(fold.held_out)) if path is not None else None
+        if earlier is not None:
+            probs, seconds = earlier
+            reused += 1
+        else:
+            t0 = time.perf_counter()
+            probs = held_out_proba(cfg, records, fold, test_guids)
+            seconds = time.perf_counter() - t0
+            if path is not None:
+                save_fold(path, key, probs, seconds)
         oof[fold.repeat, fold.held_out] = probs
-        seconds = time.perf_counter() - t0
         rows.append({"candidate": name, "repeat": fold.repeat, "fold": fold.fold, "n_train": len(fold.train),
                      "n_held_out": len(fold.held_out), **fold_scores(y[fold.held_out], probs),
                      "seconds": round(seconds, 2)})
+        how = "taken from the interrupted run" if earlier is not None else f"in {seconds:.1f} s"
         progress.note(f"cv {name} {fold.name}: macro-F1 {rows[-1]['macro_f1']:.4f}, "
-                      f"accuracy {rows[-1]['accuracy']:.4f} in {seconds:.1f} s")
-    return rows, oof
+                      f"accuracy {rows[-1]['accuracy']:.4f} {how}")
+    return rows, oof, reused
 
 
 def summary_row(name: str, rows: list[dict], ratio: float) -> dict:
@@ -163,21 +226,31 @@ def run_cv(
     quiet: bool = True,
     overwrite: bool = False,
 ) -> CVResult:
-    """Cross-validate every candidate on the same folds; write results, per-fold scores, paired differences, figure."""
+    """Cross-validate every candidate on the same folds; write results, per-fold scores, paired differences, figure.
+
+    An unfinished folder (a run that was killed) is resumed: its saved folds are reused where their config
+    and posts are the same; overwrite starts from nothing.
+    """
     from mmsent.api import load_training_data
 
     if not candidates:
         raise MmsentError("no candidate to cross-validate")
     first = next(iter(candidates.values()))
     with experiment_folder(Path(out_dir), "cv", overwrite) as out_dir:
+        if overwrite:
+            remove_tree(out_dir / "candidates")  # nothing of an earlier run is reused
         dataset = load_training_data(Path(data_dir), first)
         fold_list = make_folds(dataset.train, folds, repeats, seed)
         ratio = 1.0 / (folds - 1)  # n_held_out / n_train of a k-fold split
         fold_rows: dict[str, list[dict]] = {}
+        reused = 0
         with Progress("fold", len(candidates) * len(fold_list), quiet) as progress:
             for name, cfg in candidates.items():
-                fold_rows[name], oof = cross_validate(name, cfg, dataset, fold_list, quiet, progress)
-                _write_candidate(out_dir / "candidates" / name, cfg, dataset.train, oof)
+                folder = out_dir / "candidates" / name
+                fold_rows[name], oof, taken = cross_validate(name, cfg, dataset, fold_list, quiet, progress,
+                                                             saved=folder / "folds")
+                reused += taken
+                _write_candidate(folder, cfg, dataset.train, oof)
         names = list(candidates)
         _remove_other_candidates(out_dir / "candidates", names)
         summary = [summary_row(n, fold_rows[n], ratio) for n in names]
@@ -193,7 +266,7 @@ def run_cv(
         write_manifest(
             out_dir, "cv", command, folds=folds, repeats=repeats, seed=seed, n=len(dataset.train),
             duplicate_groups=int(len(set(duplicate_groups(dataset.train).tolist()))),
-            candidates=list(candidates), reference=names[0],
+            candidates=list(candidates), reference=names[0], reused_folds=reused,
             interval="corrected resampled t (Nadeau and Bengio, 2003), 95%",
             fold_guids={f.name: [dataset.train[i].guid for i in f.held_out] for f in fold_list},
         )
@@ -202,7 +275,7 @@ def run_cv(
     if paired:
         text += "\n" + markdown_table(paired, ["candidate", "reference", "score", "difference", "ci_low", "ci_high",
                                                "verdict"])
-    return CVResult(out_dir, summary, all_folds, paired, text)
+    return CVResult(out_dir, summary, all_folds, paired, text, reused)
 
 
 def _remove_other_candidates(folder: Path, names: list[str]) -> None:
