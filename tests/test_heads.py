@@ -190,3 +190,52 @@ def test_a_linear_head_prepares_its_joined_inputs_once_for_lbfgs():
     forward, prepared = fixed_inputs(member, feats)
     assert isinstance(prepared, torch.Tensor) and prepared.shape == (6, 7)  # joined once, not on every call
     assert torch.equal(forward(prepared), member(feats))
+
+
+def test_bilinear_head_multiplies_whitened_components_fitted_on_training_features():
+    from mmsent.engine.trainer import fixed_inputs
+
+    rng = np.random.default_rng(0)
+    feats = {"t": rng.normal(size=(200, 6)).astype(np.float32) @ rng.normal(size=(6, 6)).astype(np.float32),
+             "i": rng.normal(2, 3, size=(200, 5)).astype(np.float32)}
+    clf = FusionClassifier({"t": 6, "i": 5}, {"t": "text", "i": "image"}, "bilinear", {"rank": 3, "scale": 0.5},
+                           num_heads=2)
+    clf.fit_scaler(feats)
+    head, twin = clf.heads
+    groups = clf.group_by_modality({k: torch.from_numpy(v) for k, v in feats.items()})
+    for modality in ("text", "image"):  # the training rows project onto uncorrelated unit-variance components
+        z = (groups[modality] - getattr(head, f"center_{modality}")) @ getattr(head, f"project_{modality}")
+        assert torch.allclose(torch.cov(z.T), torch.eye(3), atol=1e-3)
+    joined = head.fuse(groups)
+    assert joined.shape == (200, 11 + 9)
+    assert torch.allclose(joined[:, 11:].std(0), torch.full((9,), 0.5), atol=1e-3)  # standardised, times scale
+    assert all(torch.equal(a, b) for a, b in zip(head.buffers(), twin.buffers(), strict=True))  # fitted once, shared
+    forward, prepared = fixed_inputs(clf.member(0), {k: torch.from_numpy(v) for k, v in feats.items()})
+    assert prepared.shape == (200, 20) and torch.allclose(forward(prepared), clf.member(0)(
+        {k: torch.from_numpy(v) for k, v in feats.items()}))
+    assert create_head("bilinear", {"text": 6}, 3, rank=3)({"text": torch.randn(2, 6)}).shape == (2, 3)  # one side
+
+
+def test_head_options_are_checked_against_the_head():
+    with pytest.raises(ConfigError, match="head 'linear' takes no option 'rank'"):
+        create_head("linear", {"text": 4, "image": 4}, 3, rank=2)
+    with pytest.raises(ConfigError, match="rank 8 exceeds the 4 image features"):
+        create_head("bilinear", {"text": 10, "image": 4}, 3, rank=8)
+
+
+def test_a_bilinear_run_saves_its_projections_and_predicts_the_same_after_loading(dataset, tmp_path):
+    from mmsent.api import load_run
+    from mmsent.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(dataset), "--out", str(out), "--quiet", "--set", "model.encoders=[vader,efficientnet_lite0]",
+                 "--set", "model.head=bilinear", "--set", "model.head_options={rank: 2, scale: 0.6}",
+                 "--set", "train.ensemble=2", "--set", "runtime.num_workers=0"]) == 0
+    run = load_run(out)
+    head = run.model.classifier.heads[0]
+    assert head.project_text.abs().sum() > 0 and head.product_std.ne(1).any()  # fitted values came back
+    test = load_dataset(dataset).test
+    assert np.allclose(run.predict_proba(test, quiet=True), load_run(out).predict_proba(test, quiet=True))
+    code = main(["train", "--data", str(dataset), "--out", str(tmp_path / "bad"), "--quiet",
+                 "--set", "model.head_options={depth: 2}", "--set", "model.encoders=[vader,efficientnet_lite0]"])
+    assert code == 2 and not (tmp_path / "bad").exists()

@@ -60,6 +60,8 @@ class ModelConfig(_Section):
     hidden_dim: int = Field(256, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     layernorm: bool = False
+    # keyword options of the head, e.g. {"rank": 32, "scale": 0.6} for the bilinear head
+    head_options: dict[str, Any] = Field(default_factory=dict)
     # per-encoder keyword options, e.g. {"bert": {"name_or_path": "/models/bert"}}
     encoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # weight of an encoder's standardised features in the head's input, e.g. {"lexicon": 3}: with an L2

@@ -86,7 +86,7 @@ def create_classifier(cfg: Config, encoders: dict[str, Encoder], token_encoders:
     dims = {n: token_dim(e) if n in token_encoders else e.dim for n, e in encoders.items()}
     modalities = {n: e.modality for n, e in encoders.items()}
     m = cfg.model
-    head_kwargs = {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm}
+    head_kwargs = {"hidden_dim": m.hidden_dim, "dropout": m.dropout, "layernorm": m.layernorm, **m.head_options}
     with torch.random.fork_rng(devices=[]):  # the same seed gives the same head, whatever ran before
         torch.manual_seed(cfg.train.seed)
         return FusionClassifier(dims, modalities, m.head, head_kwargs, len(LABELS), token_encoders,

@@ -74,15 +74,30 @@ class FusionClassifier(nn.Module):
             getattr(self, f"mean_{name}").copy_(torch.from_numpy(mean))
             std = np.where(std < 1e-6, 1.0, std) / self.feature_scale.get(name, 1.0)
             getattr(self, f"std_{name}").copy_(torch.from_numpy(std.astype(np.float32)))
+        self._fit_head_inputs(features)
+
+    def _fit_head_inputs(self, features: dict[str, np.ndarray]) -> None:
+        """Heads with fitted inputs (the bilinear head's projections) fit them on the standardised training
+        features; the first fits, the other members of an ensemble take the same (nothing in it saw a tag)."""
+        fitting = [head for head in self.heads if hasattr(head, "fit_inputs")]
+        if not fitting or self.token_encoders:
+            return
+        with torch.no_grad():
+            groups = self.group_by_modality({n: torch.as_tensor(features[n], dtype=torch.float32) for n in self.order},
+                                            random_drop=False)
+            fitted = None
+            for head in fitting:
+                fitted = head.fit_inputs(groups, fitted)
 
     def training_mean(self, name: str) -> np.ndarray:
         """An encoder's training mean (D,): features equal to it standardise to 0, i.e. are blanked."""
         return getattr(self, f"mean_{name}").detach().cpu().numpy()
 
-    def group_by_modality(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def group_by_modality(self, features: dict[str, torch.Tensor], random_drop: bool = True) -> dict[str, torch.Tensor]:
         """{encoder: (B, D_enc)} -> {modality: (B, D_modality)}, standardised.
 
-        A modality in `drop_modalities` becomes zeros, i.e. the training mean after standardisation.
+        A modality in `drop_modalities` becomes zeros, i.e. the training mean after standardisation; in
+        training, modality dropout blanks some at random unless random_drop is False.
         """
         groups: dict[str, list[torch.Tensor]] = {}
         for name in self.order:
@@ -90,7 +105,7 @@ class FusionClassifier(nn.Module):
             if self.encoder_modalities[name] in self.drop_modalities:
                 x = torch.zeros_like(x)
             groups.setdefault(self.encoder_modalities[name], []).append(x)
-        if self.training and self.modality_dropout > 0 and len(groups) > 1:
+        if random_drop and self.training and self.modality_dropout > 0 and len(groups) > 1:
             groups = self._drop_modalities_at_random(groups)
         if not self.token_encoders:
             return {m: torch.cat(parts, dim=-1) for m, parts in groups.items()}

@@ -25,9 +25,13 @@ class LinearHead(nn.Module):
     ):
         super().__init__()
         self.modalities = sorted(input_dims)
-        total = sum(input_dims.values())
+        total = self.joined_dim(input_dims)
         self.inputs = nn.Sequential(*input_block(total, layernorm, dropout))
         self.linear = nn.Linear(total, num_classes)
+
+    def joined_dim(self, input_dims: dict[str, int]) -> int:
+        """The width of what `fuse` returns."""
+        return sum(input_dims.values())
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_fused(self.fuse(features))
