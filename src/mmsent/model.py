@@ -64,7 +64,7 @@ class FusionClassifier(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
 
     def fit_scaler(self, features: dict[str, np.ndarray]) -> None:
-        """Set per-dimension mean/std from training features (never from validation)."""
+        """Set per-dimension mean/std from training features (never from validation), and what heads fit on them."""
         for name in self.order:
             values = features[name]
             if name in self.token_encoders:
