@@ -153,7 +153,7 @@ def load_fold(path: Path, key: str, n_held_out: int) -> tuple[np.ndarray, float]
 
 def cross_validate(
     name: str, cfg: Config, dataset: DataSet, folds: list[Fold], quiet: bool = True, progress: Progress | None = None,
-    saved: Path | None = None,
+    *, saved: Path,
 ) -> tuple[list[dict], np.ndarray, int]:
     """One row of scores per fold, the out-of-fold probabilities of every repeat (R, N, C), and how many folds
     were taken from `saved` (the folder where each fold is saved as soon as it is done)."""
@@ -169,9 +169,8 @@ def cross_validate(
     test_guids = [r.guid for r in dataset.test]
     for fold in folds:
         progress.step(f"{name}, {fold.name} (repeat {fold.repeat + 1}, fold {fold.fold + 1})")
-        key = fold_key(cfg, records, fold) if saved is not None else ""
-        path = saved / f"{fold.name}.npz" if saved is not None else None
-        earlier = load_fold(path, key, len(fold.held_out)) if path is not None else None
+        key, path = fold_key(cfg, records, fold), saved / f"{fold.name}.npz"
+        earlier = load_fold(path, key, len(fold.held_out))
         if earlier is not None:
             probs, seconds = earlier
             reused += 1
@@ -179,8 +178,7 @@ def cross_validate(
             t0 = time.perf_counter()
             probs = held_out_proba(cfg, records, fold, test_guids)
             seconds = time.perf_counter() - t0
-            if path is not None:
-                save_fold(path, key, probs, seconds)
+            save_fold(path, key, probs, seconds)
         oof[fold.repeat, fold.held_out] = probs
         rows.append({"candidate": name, "repeat": fold.repeat, "fold": fold.fold, "n_train": len(fold.train),
                      "n_held_out": len(fold.held_out), **fold_scores(y[fold.held_out], probs),

@@ -23,16 +23,8 @@ class BilinearHead(LinearHead):
     With one modality (an ablation retrained on one side) there is nothing to multiply: a linear head.
     """
 
-    def __init__(
-        self,
-        input_dims: dict[str, int],
-        num_classes: int,
-        hidden_dim: int = 256,  # unused: the same signature as every head
-        dropout: float = 0.0,
-        layernorm: bool = False,
-        rank: int = 32,
-        scale: float = 0.6,
-    ):
+    def __init__(self, input_dims: dict[str, int], num_classes: int, rank: int = 32, scale: float = 0.6, **kwargs):
+        """rank, scale: the bilinear options; kwargs: the linear head's (dropout, layernorm)."""
         if rank < 1 or scale <= 0:
             raise ConfigError(f"head 'bilinear': rank must be at least 1 and scale above 0 (got {rank}, {scale}); "
                               "set model.head_options")
@@ -42,7 +34,7 @@ class BilinearHead(LinearHead):
                               "features; lower model.head_options.rank")
         self.rank, self.scale = rank, scale  # plain numbers: settable before Module.__init__
         self.pairs = set(PAIR) <= set(input_dims)
-        super().__init__(input_dims, num_classes, hidden_dim, dropout, layernorm)
+        super().__init__(input_dims, num_classes, **kwargs)
         if self.pairs:
             for modality in PAIR:
                 self.register_buffer(f"center_{modality}", torch.zeros(input_dims[modality]))
